@@ -1,0 +1,4 @@
+from .mount import main
+import sys
+
+sys.exit(main())

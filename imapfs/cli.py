@@ -1,0 +1,240 @@
+"""Command line → :class:`Config`, with no I/O, so every option is testable.
+
+The syntax follows sshfs and the ``mount.fuse3`` helper convention:
+``imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]``, options may repeat
+and come in any order, and the generic mount options that ``mount(8)`` and
+fstab add (``rw``, ``nosuid``, ``_netdev``, ``x-systemd.*``...) are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+USAGE = """\
+usage: imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
+
+  SOURCE       imaps://user@host[:port]/  (TLS, port 993)
+               imap://user@host[:port]/   (STARTTLS required, port 143)
+  -f           stay in the foreground, log to stderr
+  -d           debug logging (implies nothing else)
+  -o OPT       see `man`-style list in docs/usage.md; common ones:
+               password_file=PATH, password_command=CMD, cafile=PATH,
+               tls=off, ro, noparts, poll=SECONDS, mem_cache=SIZE,
+               connections=N, timeout=SECONDS, logfile=PATH, allow_other
+The password is read from IMAPFS_PASSWORD, password_file or password_command,
+never from the command line.
+"""
+
+# Options mount(8), fstab and mount.fuse3 may hand us; they mean nothing to us
+# beyond what the kernel or the helper already did with them.
+_IGNORED = {
+    "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime",
+    "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "auto", "noauto",
+    "user", "nouser", "users", "owner", "group", "_netdev", "nofail", "defaults",
+    "sync", "async", "dirsync", "lazytime", "nolazytime", "silent", "loud", "iversion",
+    "noiversion", "mand", "nomand",
+}
+_IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=")
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)[iI]?[bB]?$")
+
+
+@dataclass
+class Config:
+    scheme: str
+    user: str
+    host: str
+    port: int
+    mountpoint: str
+    source: str
+    foreground: bool = False
+    debug: bool = False
+    tls: str = "implicit"  # implicit | starttls | off
+    cafile: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    timeout: float = 30.0
+    poll: float = 5.0
+    connections: int = 4
+    mem_cache: int = 128 * 1024 * 1024
+    noparts: bool = False
+    read_only: bool = False
+    allow_other: bool = False
+    allow_root: bool = False
+    logfile: str | None = None
+    backoff_max: float = 30.0
+    fuse_options: set[str] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class HelpRequested(Exception):
+    """-h/--help: print USAGE and exit 0."""
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ConfigError(f"bad size {text!r} (use e.g. 512M or 2G)")
+    n = int(m.group(1))
+    return n * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def _number(name: str, value: str, lo: float, hi: float) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise ConfigError(f"option {name} needs a number, not {value!r}") from None
+    if not lo <= v <= hi:
+        raise ConfigError(f"option {name}={value} is out of range ({lo:g} to {hi:g})")
+    return v
+
+
+def parse_source(source: str) -> tuple[str, str, str, int]:
+    """``imaps://user@host:port/`` → (scheme, user, host, port)."""
+    try:
+        u = urllib.parse.urlsplit(source)
+        port = u.port
+    except ValueError as e:
+        raise ConfigError(f"bad SOURCE {source!r}: {e}") from None
+    if u.scheme not in ("imap", "imaps"):
+        raise ConfigError(f"SOURCE must start with imaps:// or imap://, not {source!r}")
+    if u.password is not None:
+        raise ConfigError("SOURCE must not contain a password; use IMAPFS_PASSWORD, "
+                          "-o password_file= or -o password_command=")
+    if not u.username:
+        raise ConfigError(f"SOURCE needs a user name: {u.scheme}://USER@{u.hostname or 'HOST'}/")
+    if not u.hostname:
+        raise ConfigError(f"SOURCE needs a host: {source!r}")
+    if u.path not in ("", "/"):
+        raise ConfigError(f"SOURCE must not name a folder ({u.path!r}); mount the account and cd into it")
+    return u.scheme, urllib.parse.unquote(u.username), u.hostname, port or (993 if u.scheme == "imaps" else 143)
+
+
+def _apply_option(cfg: Config, opt: str) -> None:
+    name, eq, value = opt.partition("=")
+    name = name.strip()
+    if not name:
+        return
+    if name in _IGNORED or opt.startswith(_IGNORED_PREFIXES):
+        return
+    if name == "password":
+        raise ConfigError("password= is not accepted on the command line (it would show in ps); "
+                          "use IMAPFS_PASSWORD, -o password_file=PATH or -o password_command=CMD")
+    flag_opts = {"ro", "noparts", "allow_other", "allow_root", "debug", "foreground", "default_permissions"}
+    if name in flag_opts:
+        if eq:
+            raise ConfigError(f"option {name} takes no value")
+        if name == "ro":
+            cfg.read_only = True
+        elif name == "noparts":
+            cfg.noparts = True
+        elif name == "allow_other":
+            cfg.allow_other = True
+        elif name == "allow_root":
+            cfg.allow_root = True
+        elif name == "debug":
+            cfg.debug = True
+        elif name == "foreground":
+            cfg.foreground = True
+        return
+    if not eq:
+        raise ConfigError(f"unknown option {name!r} (see docs/usage.md)")
+    if name == "tls":
+        v = value.lower()
+        if v in ("off", "no", "false", "0"):
+            cfg.tls = "off"
+        elif v in ("on", "yes", "true", "1"):
+            cfg.tls = "implicit" if cfg.scheme == "imaps" else "starttls"
+        else:
+            raise ConfigError(f"tls= takes on or off, not {value!r}")
+    elif name == "cafile":
+        cfg.cafile = value
+    elif name == "password_file":
+        cfg.password_file = value
+    elif name == "password_command":
+        cfg.password_command = value
+    elif name == "timeout":
+        cfg.timeout = _number(name, value, 1, 3600)
+    elif name == "poll":
+        cfg.poll = _number(name, value, 0, 86400)
+    elif name == "connections":
+        cfg.connections = int(_number(name, value, 1, 32))
+    elif name in ("mem_cache", "memory_cache"):
+        cfg.mem_cache = parse_size(value)
+    elif name == "logfile":
+        cfg.logfile = value
+    elif name == "backoff_max":
+        cfg.backoff_max = _number(name, value, 1, 3600)
+    elif name in ("fsname", "subtype"):
+        cfg.fuse_options.add(f"{name}={value}")
+    else:
+        raise ConfigError(f"unknown option {name!r} (see docs/usage.md)")
+
+
+def parse_args(argv: list[str]) -> Config:
+    """Parse ``imapfs`` arguments (without the program name)."""
+    positional: list[str] = []
+    opts: list[str] = []
+    foreground = debug = False
+    it = iter(argv)
+    for arg in it:
+        if arg in ("-h", "--help"):
+            raise HelpRequested()
+        if arg == "-f":
+            foreground = True
+        elif arg == "-d":
+            debug = True
+        elif arg == "-o":
+            try:
+                opts.append(next(it))
+            except StopIteration:
+                raise ConfigError("-o needs an argument") from None
+        elif arg.startswith("-o") and len(arg) > 2:
+            opts.append(arg[2:])
+        elif arg in ("-s", "-n", "-v"):  # mount helpers may pass these (single-threaded, no mtab, verbose)
+            continue
+        elif arg.startswith("-") and arg != "-":
+            raise ConfigError(f"unknown flag {arg!r}")
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise ConfigError("need SOURCE and MOUNTPOINT\n" + USAGE.splitlines()[0])
+    source, mountpoint = positional
+    scheme, user, host, port = parse_source(source)
+    cfg = Config(scheme=scheme, user=user, host=host, port=port, mountpoint=mountpoint, source=source,
+                 foreground=foreground, debug=debug, tls="implicit" if scheme == "imaps" else "starttls")
+    for group in opts:
+        for opt in _split_options(group):
+            _apply_option(cfg, opt)
+    if cfg.tls == "off" and scheme == "imaps":
+        raise ConfigError("tls=off contradicts imaps://; use imap://USER@HOST/ -o tls=off for plaintext")
+    if cfg.password_file and cfg.password_command:
+        raise ConfigError("give password_file= or password_command=, not both")
+    return cfg
+
+
+def _split_options(group: str) -> list[str]:
+    """Split on commas, honouring backslash-escaped commas (``password_command=a\\,b``)."""
+    out: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(group):
+        c = group[i]
+        if c == "\\" and i + 1 < len(group):
+            cur.append(group[i + 1])
+            i += 2
+            continue
+        if c == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return [o for o in out if o]

@@ -1,0 +1,256 @@
+"""``imapfs`` entry point: parse, get the password, log in, mount, serve, tear down.
+
+Without ``-f`` the command forks; the child logs in and mounts and reports
+over a pipe, so the parent exits 0 only once the mount is live and otherwise
+prints the child's one-line reason and exits 1 (what ``mount(8)`` and fstab
+expect of a helper). Collaborators are built here, in dependency order
+(pool → tree → operations), and torn down in reverse.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import getpass
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from . import cli
+from .errors import ConfigError, ImapfsError
+from .fs import KernelNotifier, Operations
+from .session import Account, Pool
+from .tree import Tree
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def get_password(cfg: cli.Config, environ: dict[str, str] | None = None) -> str:
+    """password_command, then password_file, then $IMAPFS_PASSWORD, then a prompt on a terminal."""
+    env = os.environ if environ is None else environ
+    if cfg.password_command:
+        try:
+            res = subprocess.run(cfg.password_command, shell=True, stdin=subprocess.DEVNULL,
+                                 capture_output=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise ConfigError("password_command timed out") from None
+        if res.returncode != 0:
+            raise ConfigError(f"password_command failed with exit code {res.returncode}")
+        pw = res.stdout.decode("utf-8").split("\n", 1)[0].rstrip("\r")
+        if not pw:
+            raise ConfigError("password_command printed no password")
+        return pw
+    if cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as f:
+                pw = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read password_file {cfg.password_file}: {e.strerror}") from None
+        if not pw:
+            raise ConfigError(f"password_file {cfg.password_file} is empty")
+        return pw
+    pw = env.get("IMAPFS_PASSWORD")
+    if pw:
+        return pw
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"Password for {cfg.label}: ")
+    raise ConfigError("no password: set IMAPFS_PASSWORD, or use -o password_file=PATH or -o password_command=CMD")
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"mountpoint {path} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        try:
+            with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+                real = os.path.realpath(path)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 2 and fields[1] == real and fields[2].startswith("fuse.imapfs"):
+                        raise ConfigError(f"{path} is already an imapfs mount")
+        except OSError:
+            pass
+
+
+def fuse_options(cfg: cli.Config) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {f"fsname={cfg.source}", "subtype=imapfs", "noatime"}
+    if cfg.read_only:
+        opts.add("ro")
+    if cfg.allow_other:
+        opts.add("allow_other")
+    if cfg.allow_root:
+        opts.add("allow_root")
+    opts |= {o for o in cfg.fuse_options}
+    return opts
+
+
+def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if cfg.logfile:
+        handler = logging.FileHandler(cfg.logfile)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    elif to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("imapfs[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if cfg.debug else logging.INFO)
+    # pyfuse3 logs every request at DEBUG; keep it at INFO unless asked twice.
+    logging.getLogger("pyfuse3").setLevel(logging.INFO)
+
+
+async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) -> None:
+    """Log in, mount, serve until unmounted or signalled, then tear down in reverse."""
+    pool = Pool(account, size=cfg.connections, backoff_max=cfg.backoff_max)
+    await pool.start()
+    try:
+        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=KernelNotifier())
+        await tree.refresh_folders(force=True)
+        ops = Operations(tree, read_only=True)
+        try:
+            pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
+        except RuntimeError as e:
+            raise ImapfsError(f"cannot mount on {cfg.mountpoint}: {e}") from None
+        try:
+            log.info("mounted %s on %s", cfg.label, cfg.mountpoint)
+            ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", cfg.mountpoint)
+    finally:
+        await pool.close()
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for sig in signals:
+            log.info("got signal %d, unmounting", sig)
+            pyfuse3.terminate()
+            return
+
+
+def _account(cfg: cli.Config, password: str) -> Account:
+    return Account(host=cfg.host, port=cfg.port, user=cfg.user, password=password, tls=cfg.tls,
+                   cafile=cfg.cafile, timeout=cfg.timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = cli.parse_args(sys.argv[1:] if argv is None else argv)
+    except cli.HelpRequested:
+        print(cli.USAGE, end="")
+        return 0
+    except ConfigError as e:
+        print(f"imapfs: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_mountpoint(cfg.mountpoint)
+        password = get_password(cfg)
+    except ConfigError as e:
+        print(f"imapfs: {e}", file=sys.stderr)
+        return 1
+    # The environment of this process is readable by its owner in /proc; do not
+    # hand the password on to children either.
+    os.environ.pop("IMAPFS_PASSWORD", None)
+    account = _account(cfg, password)
+    faulthandler.enable()
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1)
+    if cfg.foreground:
+        setup_logging(cfg, to_stderr=True)
+        return _run(cfg, account, lambda: None, report=lambda msg: print(f"imapfs: {msg}", file=sys.stderr))
+    return _daemonize(cfg, account)
+
+
+def _run(cfg: cli.Config, account: Account, ready: Callable[[], None], report: Callable[[str], None]) -> int:
+    try:
+        trio.run(serve, cfg, account, ready)
+    except ImapfsError as e:
+        log.debug("mount failed: %s", e)
+        report(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _daemonize(cfg: cli.Config, account: Account) -> int:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        chunks = []
+        while True:
+            b = os.read(r, 4096)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(r)
+        msg = b"".join(chunks).decode("utf-8", "replace")
+        if msg.startswith("OK"):
+            return 0
+        _, status = os.waitpid(pid, 0)
+        line = msg.strip() or f"daemon exited unexpectedly (status {status})"
+        print(f"imapfs: {line}", file=sys.stderr)
+        return 1
+    # child
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    setup_logging(cfg, to_stderr=False)
+    reported = False
+
+    def ready() -> None:
+        nonlocal reported
+        os.write(w, b"OK\n")
+        os.close(w)
+        reported = True
+
+    def report(msg: str) -> None:
+        if not reported:
+            os.write(w, msg.encode("utf-8", "replace") + b"\n")
+        log.error("%s", msg)
+
+    rc = 1
+    try:
+        rc = _run(cfg, account, ready, report)
+    except BaseException as e:  # noqa: BLE001 - the parent must hear something
+        if not reported:
+            report(f"internal error: {e!r}")
+        log.exception("daemon failed")
+    finally:
+        if not reported:
+            try:
+                os.close(w)
+            except OSError:
+                pass
+    os._exit(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
