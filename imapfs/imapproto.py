@@ -42,6 +42,7 @@ _SPACE = re.compile(rb"[ \t\r\n]*\Z")
 _DIGITS = re.compile(rb"\d+\Z")
 _UNQUOTE = re.compile(rb"\\(.)", re.S)
 _END = object()
+_MAX_DEPTH = 100  # deeper lists raise ProtocolError instead of RecursionError
 
 
 class _Parser:
@@ -105,7 +106,7 @@ class _Parser:
                 return None
             return atom
 
-    def value(self, tok: Any = _END) -> Value:
+    def value(self, tok: Any = _END, depth: int = 0) -> Value:
         if tok is _END:
             tok = self.token()
         if tok is _END:
@@ -114,6 +115,8 @@ class _Parser:
             raise ProtocolError("unbalanced ')' in reply")
         if tok != "(":
             return tok
+        if depth >= _MAX_DEPTH:
+            raise ProtocolError("reply nests lists deeper than %d" % _MAX_DEPTH)
         out: list[Value] = []
         while True:
             t = self.token()
@@ -121,7 +124,7 @@ class _Parser:
                 return out
             if t is _END:
                 raise ProtocolError("reply ended inside a list")
-            out.append(self.value(t))
+            out.append(self.value(t, depth + 1))
 
     def values(self) -> Iterator[Value]:
         while True:
