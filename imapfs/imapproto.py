@@ -163,7 +163,7 @@ def parse_fetch(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> Iterator[t
             if not isinstance(key, bytes):
                 raise ProtocolError("FETCH item name %r is not an atom" % (key,))
             key = key.upper()
-            if key.endswith(b">"):
+            if key.endswith(b">") and b"<" in key:
                 key = key[: key.rindex(b"<")]
             out[key] = items[i + 1]
         yield seq, out
