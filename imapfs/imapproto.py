@@ -48,7 +48,8 @@ _MAX_DEPTH = 100  # deeper lists raise ProtocolError instead of RecursionError
 class _Parser:
     """Walks imaplib's chunk list and yields one top-level value at a time."""
 
-    def __init__(self, data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> None:
+    def __init__(self, data: Iterable[Union[bytes, tuple[bytes, bytes]]], convert_atoms: bool = True) -> None:
+        self._convert_atoms = convert_atoms  # False: numbers and NIL stay bytes (LIST names)
         self._chunks = iter(data)
         self._text = b""
         self._pos = 0
@@ -100,6 +101,8 @@ class _Parser:
                 self._pos = len(self._text)
                 return lit
             atom = m.group(5)
+            if not self._convert_atoms:
+                return atom
             if _DIGITS.match(atom):
                 return int(atom)
             if atom.upper() == b"NIL":
@@ -185,7 +188,8 @@ def parse_list(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[ListEn
         if chunk is None:
             continue
         try:
-            vals = parse([chunk])
+            # Names such as 007 or NIL arrive as atoms: keep their text.
+            vals = list(_Parser([chunk], convert_atoms=False).values())
         except ProtocolError:
             continue
         if len(vals) < 3 or not isinstance(vals[0], list):
@@ -199,8 +203,6 @@ def parse_list(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[ListEn
         else:
             delim_s = None
         name = vals[2]
-        if isinstance(name, int):
-            name = str(name).encode()
         if not isinstance(name, bytes) or not name:
             continue
         out.append(ListEntry(flags, delim_s, name))
