@@ -65,6 +65,31 @@ def get_password(cfg: cli.Config, environ: dict[str, str] | None = None) -> str:
     raise ConfigError("no password: set IMAPFS_PASSWORD, or use -o password_file=PATH or -o password_command=CMD")
 
 
+def scrub_environ(name: str) -> None:
+    """Remove *name* from the environment, including the copy /proc/PID/environ shows.
+
+    ``unsetenv`` only drops the pointer; the bytes stay in the initial
+    environment block that /proc/PID/environ reads, so overwrite them first.
+    Best effort: where libc cannot be reached the variable is still unset.
+    """
+    prefix = name.encode() + b"="
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        environ = ctypes.POINTER(ctypes.c_char_p).in_dll(libc, "environ")
+        i = 0
+        while environ[i] is not None:
+            entry = environ[i]
+            if entry.startswith(prefix):
+                addr = ctypes.cast(environ, ctypes.POINTER(ctypes.c_void_p))[i]
+                ctypes.memset(addr + len(prefix), ord("x"), len(entry) - len(prefix))
+            i += 1
+    except (OSError, AttributeError, ValueError) as e:
+        log.debug("could not scrub %s from the environment block: %s", name, e)
+    os.environ.pop(name, None)
+
+
 def check_mountpoint(path: str) -> None:
     if not os.path.exists(path):
         raise ConfigError(f"mountpoint {path} does not exist")
@@ -171,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"imapfs: {e}", file=sys.stderr)
         return 1
-    # The environment of this process is readable by its owner in /proc; do not
-    # hand the password on to children either.
-    os.environ.pop("IMAPFS_PASSWORD", None)
+    scrub_environ("IMAPFS_PASSWORD")
     account = _account(cfg, password)
     faulthandler.enable()
     if hasattr(signal, "SIGUSR1"):
