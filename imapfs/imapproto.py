@@ -95,7 +95,7 @@ class _Parser:
                 return _UNQUOTE.sub(rb"\1", s) if b"\\" in s else s
             if m.group(4) is not None:
                 lit = self._literal
-                if lit is None or len(lit) != int(m.group(4)):
+                if lit is None or len(m.group(4)) > 20 or len(lit) != int(m.group(4)):
                     raise ProtocolError("literal announced but not delivered")
                 self._literal = None
                 self._pos = len(self._text)
@@ -104,6 +104,8 @@ class _Parser:
             if not self._convert_atoms:
                 return atom
             if _DIGITS.match(atom):
+                if len(atom) > 20:  # beyond number64; int() refuses > 4300 digits
+                    raise ProtocolError("number too long in server reply")
                 return int(atom)
             if atom.upper() == b"NIL":
                 return None
