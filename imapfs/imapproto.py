@@ -60,7 +60,7 @@ class _Parser:
             raise ProtocolError("literal delivered but not announced")
         for chunk in self._chunks:
             if isinstance(chunk, tuple):
-                if len(chunk) != 2 or not isinstance(chunk[1], (bytes, bytearray)):
+                if len(chunk) != 2 or not all(isinstance(c, (bytes, bytearray)) for c in chunk):
                     raise ProtocolError("malformed literal chunk from imaplib")
                 self._text, self._literal = bytes(chunk[0]), bytes(chunk[1])
             elif isinstance(chunk, (bytes, bytearray)):
