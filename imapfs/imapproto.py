@@ -224,7 +224,10 @@ def parse_internaldate(value: Value) -> int:
     if not m or m.group(2).capitalize() not in _MONTHS:
         raise ProtocolError("bad INTERNALDATE %r" % value)
     day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
-    t = calendar.timegm((int(year), _MONTHS[mon.capitalize()], int(day), int(hh), int(mm), int(ss)))
+    try:
+        t = calendar.timegm((int(year), _MONTHS[mon.capitalize()], int(day), int(hh), int(mm), int(ss)))
+    except ValueError:  # year 0000
+        raise ProtocolError("bad INTERNALDATE %r" % value) from None
     off = (int(zh) * 60 + int(zm)) * 60
     return t - off if sign == b"+" else t + off
 
