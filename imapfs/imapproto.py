@@ -245,19 +245,29 @@ def response_code(line: bytes | None) -> tuple[bytes, bytes] | None:
     return m.group(1).upper(), (m.group(2) or b"")
 
 
+_UID = re.compile(rb"\d{1,10}\Z")
+
+
+def _uid(text: bytes) -> int:
+    t = text.strip()
+    if not _UID.match(t):
+        raise ProtocolError("bad uid %r in uid set" % text[:40])
+    return int(t)
+
+
 def parse_uid_set(text: bytes) -> list[int]:
     """Expand a uid-set such as ``b"3:5,9"`` in order; ``*`` is refused."""
     out: list[int] = []
     for part in text.split(b","):
         if b":" in part:
             a, b = part.split(b":", 1)
-            lo, hi = int(a), int(b)
+            lo, hi = _uid(a), _uid(b)
             step = 1 if hi >= lo else -1
             if abs(hi - lo) > 10_000_000:
                 raise ProtocolError("uid range too large: %r" % part)
             out.extend(range(lo, hi + step, step))
         else:
-            out.append(int(part))
+            out.append(_uid(part))
     return out
 
 
