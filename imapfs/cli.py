@@ -95,15 +95,20 @@ def _number(name: str, value: str, lo: float, hi: float) -> float:
     return v
 
 
+def _redact(source: str) -> str:
+    """*source* with any ``user:password@`` password replaced by ``***`` (for messages)."""
+    return re.sub(r"^([^/?#:]*://[^/?#:]*):[^/?#]*@", r"\1:***@", source)
+
+
 def parse_source(source: str) -> tuple[str, str, str, int]:
     """``imaps://user@host:port/`` → (scheme, user, host, port)."""
     try:
         u = urllib.parse.urlsplit(source)
         port = u.port
     except ValueError as e:
-        raise ConfigError(f"bad SOURCE {source!r}: {e}") from None
+        raise ConfigError(f"bad SOURCE {_redact(source)!r}: {e}") from None
     if u.scheme not in ("imap", "imaps"):
-        raise ConfigError(f"SOURCE must start with imaps:// or imap://, not {source!r}")
+        raise ConfigError(f"SOURCE must start with imaps:// or imap://, not {_redact(source)!r}")
     if u.password is not None:
         raise ConfigError("SOURCE must not contain a password; use IMAPFS_PASSWORD, "
                           "-o password_file= or -o password_command=")
