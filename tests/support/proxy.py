@@ -1,0 +1,474 @@
+"""A TCP proxy for fault injection between a client and a server (stdlib, threads).
+
+    with Proxy(dovecot.host, dovecot.port) as p:
+        ... connect the client to 127.0.0.1:p.port ...
+        p.cut()                                # drop every connection now
+        p.cut_when(b"UID MOVE")                # drop when the client sends it
+        p.cut_when_server(b"[APPENDUID")       # server did it, client never hears
+        p.rewrite_server = lambda b: b.replace(b" STARTTLS", b"")   # MITM
+        p.bytes_server_to_client               # e.g. assert < 20 MB
+
+Each accepted connection gets its own upstream connection and one reader and
+one writer thread per direction; the writer sends each chunk ``delay_ms``
+after it was read, in order, so latency is added without reordering or
+limiting throughput.  Everything is bounded: at most ``max_connections``
+connections (later ones are refused) and the proxy stops itself after
+``lifetime`` seconds.  All threads are daemons.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+Trigger = bytes | Callable[[bytes], bool]
+
+_EOF = object()     # writer: half-close the destination
+_CLOSE = object()   # writer: close the whole connection (after what came before)
+
+
+class _Direction:
+    def __init__(self, conn: "ProxyConnection", src: socket.socket, dst: socket.socket,
+                 name: str):
+        self.conn, self.src, self.dst, self.name = conn, src, dst, name
+        self.q: queue.Queue = queue.Queue()
+
+
+class ProxyConnection:
+    """One client connection and its upstream connection."""
+
+    def __init__(self, proxy: "Proxy", client: socket.socket, upstream: socket.socket):
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.client_data = bytearray()   # everything the client sent
+        self.server_data = bytearray()   # everything the server sent (before rewrite)
+        self.closed = threading.Event()
+        self.client_gone = False         # client side closed, upstream held (cut_when forward)
+        self._lock = threading.Lock()
+        self._line_buf = b""             # rewrite_server: incomplete last line
+        self._eofs = 0
+        self._running = 4                # threads; the last one closes the sockets
+        self.c2s = _Direction(self, client, upstream, "c2s")
+        self.s2c = _Direction(self, upstream, client, "s2c")
+        self.threads = []
+
+    def start(self) -> None:
+        for d in (self.c2s, self.s2c):
+            for target in (self._reader, self._writer):
+                t = threading.Thread(target=target, args=(d,), daemon=True,
+                                     name=f"proxy-{d.name}-{target.__name__}")
+                t.start()
+                self.threads.append(t)
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Drop both sides at once (idempotent)."""
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+        for s in (self.client, self.upstream):
+            _shutdown(s)
+        for d in (self.c2s, self.s2c):
+            d.q.put((0.0, _CLOSE))
+
+    def _close_client_hold_upstream(self, grace: float) -> None:
+        self.client_gone = True
+        _shutdown(self.client)
+        t = threading.Timer(grace, self.close)
+        t.daemon = True
+        t.start()
+
+    # ---------------------------------------------------------------- threads
+    def _thread_done(self) -> None:
+        # Sockets are only shut down while threads may use them (closing an
+        # fd another thread is blocked on invites fd-reuse races); the last
+        # thread out closes them.
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            for s in (self.client, self.upstream):
+                s.close()
+
+    def _reader(self, d: _Direction) -> None:
+        try:
+            self._read_loop(d)
+        finally:
+            self._thread_done()
+
+    def _read_loop(self, d: _Direction) -> None:
+        p = self.proxy
+        try:
+            while not self.closed.is_set():
+                try:
+                    if d is self.s2c and self._line_buf:
+                        # rewrite_server holds an incomplete line: pass it on
+                        # if nothing follows soon (e.g. TLS after STARTTLS).
+                        if not select.select([d.src], [], [], 0.05)[0]:
+                            rest, self._line_buf = self._line_buf, b""
+                            d.q.put((time.monotonic() + p.delay_ms / 1000.0,
+                                     p._rewrite(rest)))
+                            continue
+                    data = d.src.recv(65536)
+                except (OSError, ValueError):
+                    break
+                if not data:
+                    break
+                due = time.monotonic() + p.delay_ms / 1000.0
+                if d is self.c2s:
+                    if not self._from_client(data, due):
+                        return
+                else:
+                    if not self._from_server(data, due):
+                        return
+        finally:
+            if d is self.s2c and self._line_buf and not self.closed.is_set():
+                rest, self._line_buf = self._line_buf, b""
+                d.q.put((time.monotonic() + p.delay_ms / 1000.0, p._rewrite(rest)))
+            d.q.put((0.0, _EOF))
+
+    def _from_client(self, data: bytes, due: float) -> bool:
+        p = self.proxy
+        with p._lock:
+            start = len(self.client_data)
+            self.client_data += data
+            hit = p._match(p._client_triggers, self.client_data, start, len(data))
+        if hit is None:
+            self.c2s.q.put((due, data))
+            return True
+        trig, pos = hit
+        if trig.forward:
+            self.c2s.q.put((due, data))
+            self._close_client_hold_upstream(trig.grace)
+        else:
+            before = _before_line(self.client_data, pos) - start
+            if before > 0:
+                self.c2s.q.put((due, data[:before]))
+            self.c2s.q.put((due, _CLOSE))
+            _shutdown(self.client)  # the client sees the drop at once
+        return False
+
+    def _from_server(self, data: bytes, due: float) -> bool:
+        p = self.proxy
+        with p._lock:
+            start = len(self.server_data)
+            self.server_data += data
+            hit = p._match(p._server_triggers, self.server_data, start, len(data))
+        if self.client_gone:  # a forwarded cut_when: the server answered, drop now
+            self.close()
+            return False
+        if hit is not None:
+            trig, pos = hit
+            if trig.forward:
+                self._send_server(data, due)
+            else:
+                before = _before_line(self.server_data, pos) - start
+                if before > 0:
+                    self._send_server(data[:before], due)
+            self.s2c.q.put((due, _CLOSE))
+            _shutdown(self.upstream)
+            return False
+        self._send_server(data, due)
+        return True
+
+    def _send_server(self, data: bytes, due: float) -> None:
+        p = self.proxy
+        if p.rewrite_server is None and self._line_buf:
+            data, self._line_buf = self._line_buf + data, b""
+        if p.rewrite_server is not None:
+            buf = self._line_buf + data
+            cut = buf.rfind(b"\n") + 1
+            self._line_buf = buf[cut:]
+            data = p._rewrite(buf[:cut]) if cut else b""
+            if not data:
+                return
+        self.s2c.q.put((due, data))
+
+    def _writer(self, d: _Direction) -> None:
+        try:
+            self._write_loop(d)
+        finally:
+            self._thread_done()
+
+    def _write_loop(self, d: _Direction) -> None:
+        p = self.proxy
+        while True:
+            due, item = d.q.get()
+            if item is _CLOSE:
+                self.close()
+                return
+            if item is _EOF:
+                if d is self.c2s and self.client_gone:
+                    return  # keep the upstream open until the grace timer
+                try:
+                    d.dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                with self._lock:
+                    self._eofs += 1
+                    both = self._eofs == 2
+                if both:
+                    self.close()
+                return
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if self.closed.is_set():
+                return
+            try:
+                d.dst.sendall(item)
+            except OSError:
+                self.close()
+                return
+            with p._lock:
+                if d is self.c2s:
+                    p.bytes_client_to_server += len(item)
+                else:
+                    p.bytes_server_to_client += len(item)
+
+
+class _Trigger:
+    def __init__(self, trigger: Trigger, forward: bool, once: bool, grace: float):
+        if not (isinstance(trigger, (bytes, bytearray)) or callable(trigger)):
+            raise TypeError("trigger must be bytes or a callable on bytes")
+        self.trigger, self.forward, self.once, self.grace = trigger, forward, once, grace
+        self.fired = 0
+
+
+def _before_line(buf: bytes | bytearray, pos: int) -> int:
+    """Offset of the start of the line holding ``pos``."""
+    return buf.rfind(b"\n", 0, pos) + 1
+
+
+def _shutdown(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _kill(s: socket.socket) -> None:
+    """Shut down and close a socket no other thread uses."""
+    _shutdown(s)
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+class Proxy:
+    """A bounded, self-stopping TCP proxy on 127.0.0.1 (see module docstring).
+
+    ``rewrite_server(bytes) -> bytes`` is applied to server→client data in
+    whole lines (data up to and including a ``\\n``; the incomplete tail is
+    held back until its line ends or the server closes).  ``refuse``: accept
+    and close at once.  ``hang``: accept and then neither read nor answer
+    (a dead server).  Both may be switched at any time.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, *,
+                 rewrite_server: Callable[[bytes], bytes] | None = None,
+                 delay_ms: float = 0, refuse: bool = False, hang: bool = False,
+                 max_connections: int = 500, lifetime: float = 900.0,
+                 host: str = "127.0.0.1", connect_timeout: float = 5.0):
+        self.upstream = (upstream_host, upstream_port)
+        self.host = host
+        self.rewrite_server = rewrite_server
+        self.delay_ms = delay_ms
+        self.refuse = refuse
+        self.hang = hang
+        self.max_connections = max_connections
+        self.lifetime = lifetime
+        self.connect_timeout = connect_timeout
+        self.connections: list[ProxyConnection] = []
+        self.accepted = 0
+        self.bytes_client_to_server = 0
+        self.bytes_server_to_client = 0
+        self._lock = threading.RLock()
+        self._client_triggers: list[_Trigger] = []
+        self._server_triggers: list[_Trigger] = []
+        self._hung: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread: threading.Thread | None = None
+        self._deadline = None
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> "Proxy":
+        if self._thread is None:
+            self._listener.listen(64)
+            self._listener.settimeout(0.05)
+            self._deadline = time.monotonic() + self.lifetime
+            self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                            name="proxy-accept")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting and drop every connection; idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        _kill(self._listener)
+        self.cut()
+        for c in list(self.connections):
+            for t in c.threads:
+                t.join(2)
+
+    def __enter__(self) -> "Proxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Proxy 127.0.0.1:{self.port} -> {self.upstream[0]}:{self.upstream[1]}>"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() > self._deadline:
+                self._stop.set()
+                self.cut()
+                break
+            try:
+                csock, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            csock.settimeout(None)
+            with self._lock:
+                self.accepted += 1
+                over = self.accepted > self.max_connections
+            if self.refuse or over:
+                _kill(csock)
+                continue
+            if self.hang:
+                with self._lock:
+                    self._hung.append(csock)
+                continue
+            try:
+                up = socket.create_connection(self.upstream, timeout=self.connect_timeout)
+                up.settimeout(None)
+            except OSError:
+                _kill(csock)
+                continue
+            for s in (csock, up):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ProxyConnection(self, csock, up)
+            with self._lock:
+                self.connections.append(conn)
+            conn.start()
+        _kill(self._listener)
+
+    # ------------------------------------------------------------- injection
+    def cut(self) -> int:
+        """Drop every current connection, both directions at once; returns how many."""
+        with self._lock:
+            conns = [c for c in self.connections if not c.closed.is_set()]
+            hung, self._hung = self._hung, []
+        for c in conns:
+            c.close()
+        for s in hung:
+            _kill(s)
+        return len(conns) + len(hung)
+
+    def cut_when(self, trigger: Trigger, forward: bool = False, once: bool = True,
+                 grace: float = 2.0) -> None:
+        """Drop a connection as soon as its client has sent ``trigger``.
+
+        ``trigger``: bytes searched in everything that connection's client sent
+        so far, or a callable given those bytes.  ``forward=False``: the
+        server never sees the line holding the match (for a callable: the
+        chunk that made it true) and both sides are dropped.
+        ``forward=True``: the data is forwarded, the client is dropped at once
+        and never sees an answer; the server connection stays open until the
+        server answers (or ``grace`` seconds), so the command really runs.
+        ``once``: disarm after the first cut.
+        """
+        with self._lock:
+            self._client_triggers.append(_Trigger(trigger, forward, once, grace))
+
+    def cut_when_server(self, trigger: Trigger, forward: bool = False,
+                        once: bool = True) -> None:
+        """Drop a connection as soon as its server sends ``trigger``.
+
+        ``forward=False``: the client never sees the line holding the match,
+        e.g. ``b"[APPENDUID"``: the server stored the message, the client
+        never learns it.  ``forward=True``: the client gets that data first.
+        """
+        with self._lock:
+            self._server_triggers.append(_Trigger(trigger, forward, once, 0.0))
+
+    def clear_triggers(self) -> None:
+        with self._lock:
+            self._client_triggers.clear()
+            self._server_triggers.clear()
+
+    def _match(self, triggers: list[_Trigger], buf: bytearray, start: int, n: int):
+        """Called with self._lock held; returns (trigger, match offset) or None."""
+        for t in triggers:
+            if isinstance(t.trigger, (bytes, bytearray)):
+                pos = buf.find(t.trigger, max(0, start - len(t.trigger) + 1))
+                if pos < 0:
+                    continue
+            else:
+                if not t.trigger(bytes(buf)):
+                    continue
+                pos = start
+            t.fired += 1
+            if t.once:
+                triggers.remove(t)
+            return t, pos
+        return None
+
+    def _rewrite(self, data: bytes) -> bytes:
+        f = self.rewrite_server
+        return f(data) if f is not None else data
+
+    # --------------------------------------------------------------- records
+    def client_bytes(self) -> bytes:
+        """Everything clients sent, all connections in accept order."""
+        with self._lock:
+            return b"".join(bytes(c.client_data) for c in self.connections)
+
+    def server_bytes(self) -> bytes:
+        """Everything the server sent (before ``rewrite_server``), all connections."""
+        with self._lock:
+            return b"".join(bytes(c.server_data) for c in self.connections)
+
+    def clear(self) -> None:
+        """Forget recorded bytes and counters (connections stay up)."""
+        with self._lock:
+            for c in self.connections:
+                c.client_data.clear()
+                c.server_data.clear()
+            self.bytes_client_to_server = 0
+            self.bytes_server_to_client = 0
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return sum(1 for c in self.connections if not c.closed.is_set())
+
+    def wait_for_client(self, pattern: bytes | str, timeout: float = 10.0) -> bool:
+        """Wait until some client sent ``pattern`` (bytes, or a regex str on bytes)."""
+        rx = re.compile(pattern.encode() if isinstance(pattern, str) else re.escape(pattern))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if rx.search(self.client_bytes()):
+                return True
+            time.sleep(0.01)
+        return False

@@ -1,0 +1,401 @@
+"""Tests of the test harness itself, against a real Dovecot."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import imaplib
+import re
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from tests.support import dovecot as dv
+from tests.support.corpus import corpus_dir, to_crlf
+from tests.support.dovecot import Dovecot, DovecotError, mutf7_decode, mutf7_encode
+from tests.support.mount import assert_not_mounted, imapfs_command, is_mounted
+
+
+def _ctx(cafile) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cafile))
+
+
+def _caps(data) -> set[str]:
+    return set(data[-1].decode().upper().split())
+
+
+# ---------------------------------------------------------------- Dovecot
+
+
+def test_login_and_capabilities_match_dovecot(dovecot):
+    c = dovecot.client()
+    try:
+        typ, data = c.capability()
+        assert typ == "OK"
+        # The profile constants are built from this list: catch any drift.
+        assert data[-1].decode().split() == dv.DOVECOT_CAPABILITIES
+    finally:
+        c.logout()
+    with pytest.raises(imaplib.IMAP4.error):
+        imaplib.IMAP4(dovecot.host, dovecot.port).login(dovecot.user, "wrong")
+
+
+def test_url_and_paths(dovecot):
+    assert dovecot.url() == f"imap://alice@127.0.0.1:{dovecot.port}/"
+    assert dovecot.url("imaps") == f"imaps://alice@127.0.0.1:{dovecot.ssl_port}/"
+    assert dovecot.password == "Pa55word!"
+    assert dovecot.maildir() == dovecot.base / "home" / "alice" / "Maildir"
+
+
+def test_corpus_round_trip_is_byte_exact(clean_dovecot, corpus):
+    assert len(corpus) > 100
+    names = [n for n, _ in corpus]
+    assert names == sorted(names)
+    assert not any(n.split("/")[-1] in ("LICENSE", "README.md") for n in names)
+    for _, data in corpus:
+        assert re.search(rb"(?<!\r)\n", data) is None  # CRLF only
+    uids = clean_dovecot.append_many("INBOX", [d for _, d in corpus])
+    assert uids == list(range(1, len(corpus) + 1))
+    got = clean_dovecot.fetch_all("INBOX")
+    assert got == {uid: data for uid, (_, data) in zip(uids, corpus)}
+    # BODY.PEEK did not set \Seen; the Maildir files are there.
+    assert all("\\Seen" not in f for f in clean_dovecot.flags().values())
+    assert len(list((clean_dovecot.maildir() / "new").iterdir())) + \
+        len(list((clean_dovecot.maildir() / "cur").iterdir())) == len(corpus)
+
+
+def test_to_crlf():
+    assert to_crlf(b"a\nb\r\nc\rd\n") == b"a\r\nb\r\nc\rd\r\n"
+    assert corpus_dir().is_dir()
+
+
+def test_append_flags_date_and_nested_unicode_folder(clean_dovecot):
+    d = clean_dovecot
+    folder = "Projects/Ünïcode & co/2024"
+    when = dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    uid = d.append(folder, b"Subject: x\r\n\r\nhi\r\n", flags="\\Seen \\Flagged", date=when)
+    uid2 = d.append(folder, b"Subject: y\r\n\r\nho\r\n", flags=["$Custom"])
+    assert (uid, uid2) == (1, 2)
+    assert d.folders() == sorted(["INBOX", "Projects", "Projects/Ünïcode & co",
+                                  "Projects/Ünïcode & co/2024"])
+    assert d.flags(folder) == {1: {"\\Seen", "\\Flagged"}, 2: {"$Custom"}}
+    c = d.client()
+    try:
+        c.select(dv._mailbox_arg(folder), readonly=True)
+        typ, data = c.uid("FETCH", "1", "(INTERNALDATE)")
+        assert b'"04-Mar-2021 05:06:07 +0000"' in data[0]
+    finally:
+        c.logout()
+    d.create("Empty")
+    assert d.fetch_all("Empty") == {}
+    assert "Empty" in d.folders()
+
+
+def test_mutf7():
+    # RFC 3501 5.1.3 example, and the ampersand.
+    assert mutf7_encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+    assert mutf7_encode("A&B") == "A&-B"
+    for s in ["~peter/mail/台北/日本語", "A&B", "Ünï😀", "&&", ""]:
+        assert mutf7_decode(mutf7_encode(s)) == s
+
+
+def test_reset_restart_and_stop(make_dovecot):
+    d = make_dovecot()
+    port, ssl_port = d.port, d.ssl_port
+    d.append("Other", b"Subject: a\r\n\r\na\r\n")
+    d.restart()
+    assert (d.port, d.ssl_port) == (port, ssl_port)
+    assert list(d.fetch_all("Other")) == [1]
+    t = time.monotonic()
+    d.reset()
+    assert time.monotonic() - t < 2
+    assert d.folders() == ["INBOX"] and d.fetch_all("INBOX") == {}
+    d.stop()
+    d.stop()  # idempotent
+    assert not d.running
+    with pytest.raises(OSError):
+        socket.create_connection((d.host, port), timeout=1).close()
+    d.start()
+    assert d.folders() == ["INBOX"]
+
+
+def test_start_up_time(make_dovecot):
+    t = time.monotonic()
+    make_dovecot()
+    assert time.monotonic() - t < 1.0
+
+
+def test_start_failure_shows_log():
+    d = Dovecot(extra_config="no_such_setting = 1\n")
+    try:
+        with pytest.raises(DovecotError, match="no_such_setting"):
+            d.start()
+        assert not d.running
+    finally:
+        d.cleanup()
+
+
+def test_users_and_dot_separator(make_dovecot):
+    d = make_dovecot(users={"alice": "Pa55word!", "bob": "B0b's pw"}, separator=".")
+    assert d.user == "alice"
+    d.append("a.b", b"Subject: for alice\r\n\r\n.\r\n")
+    d.append("INBOX", b"Subject: for bob\r\n\r\n.\r\n", user="bob")
+    assert d.folders() == ["INBOX", "a", "a.b"]
+    assert d.folders(user="bob") == ["INBOX"]
+    assert list(d.fetch_all("INBOX", user="bob").values()) == [b"Subject: for bob\r\n\r\n.\r\n"]
+    assert d.maildir("bob").is_dir()
+    c = d.client("bob")
+    c.logout()
+
+
+@pytest.mark.parametrize("name", sorted(dv.PROFILES))
+def test_capability_profiles_are_advertised(make_dovecot, name):
+    profile = dv.PROFILES[name]
+    d = make_dovecot(capabilities=profile)
+    expected = set(dv.DOVECOT_CAPABILITIES if profile is None else profile.split())
+    c = imaplib.IMAP4(d.host, d.port)
+    try:
+        pre = set(c.capabilities)
+        assert "STARTTLS" in pre
+        typ, _ = c.login(d.user, d.password)
+        assert typ == "OK"
+        assert _caps(c.capability()[1]) == {x.upper() for x in expected}
+    finally:
+        c.logout()
+
+
+def test_hidden_capabilities_are_still_accepted(make_dovecot):
+    """Dovecot only stops *advertising*: it still runs MOVE, UID EXPUNGE,
+    BINARY, ENABLE QRESYNC, NOTIFY and answers APPENDUID.  Tests that a
+    client avoids an extension must look at its traffic (proxy)."""
+    d = make_dovecot(capabilities=dv.capabilities_without(
+        "MOVE", "UIDPLUS", "BINARY", "QRESYNC", "CONDSTORE", "NOTIFY"))
+    c = d.client()
+    try:
+        caps = _caps(c.capability()[1])
+        assert not caps & {"MOVE", "UIDPLUS", "BINARY", "QRESYNC", "CONDSTORE", "NOTIFY"}
+        typ, data = c.append("INBOX", None, None, b"Subject: a\r\n\r\nabc\r\n")
+        assert typ == "OK" and b"[APPENDUID " in data[0]
+        assert c.xatom("ENABLE", "QRESYNC")[0] == "OK"
+        c.create("Other")
+        c.select("INBOX")
+        typ, data = c.uid("FETCH", "1", "(BINARY.SIZE[1])")
+        assert typ == "OK" and b"BINARY.SIZE[1] 5" in data[0]
+        assert c.uid("MOVE", "1", "Other")[0] == "OK"
+        assert c.xatom("NOTIFY", "SET", "(selected (MessageNew MessageExpunge))")[0] == "OK"
+        c.append("INBOX", None, None, b"Subject: b\r\n\r\nabc\r\n")
+        c.uid("STORE", "2", "+FLAGS.SILENT", "(\\Deleted)")
+        assert c.uid("EXPUNGE", "2")[0] == "OK"
+    finally:
+        c.logout()
+    assert list(d.fetch_all("Other")) == [1]
+    assert d.fetch_all("INBOX") == {}
+
+
+def test_ssl_false_offers_no_starttls(make_dovecot):
+    d = make_dovecot(ssl=False)
+    assert d.ssl_port is None and d.ca_file is None
+    c = imaplib.IMAP4(d.host, d.port)
+    try:
+        assert "STARTTLS" not in c.capabilities
+        with pytest.raises(imaplib.IMAP4.error):
+            c.starttls(ssl.create_default_context())
+        assert c.login(d.user, d.password)[0] == "OK"
+    finally:
+        c.logout()
+    with pytest.raises(ValueError):
+        d.url("imaps")
+
+
+def test_starttls_and_imaps_verify_with_the_throwaway_ca(dovecot, tls):
+    assert dovecot.ca_file == tls.ca_file
+    for host in ("127.0.0.1", "localhost"):
+        c = imaplib.IMAP4(host, dovecot.port)
+        assert "STARTTLS" in c.capabilities
+        c.starttls(_ctx(dovecot.ca_file))
+        assert c.login(dovecot.user, dovecot.password)[0] == "OK"
+        c.logout()
+    c = imaplib.IMAP4_SSL(dovecot.host, dovecot.ssl_port, ssl_context=_ctx(dovecot.ca_file))
+    assert c.login(dovecot.user, dovecot.password)[0] == "OK"
+    c.logout()
+    # Without the CA (system trust store) and with an unrelated CA: refused.
+    for ctx in (ssl.create_default_context(), _ctx(tls.other_ca.ca_cert)):
+        c = imaplib.IMAP4(dovecot.host, dovecot.port)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            c.starttls(ctx)
+        with contextlib.suppress(OSError):  # the failed handshake closed it
+            c.shutdown()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            imaplib.IMAP4_SSL(dovecot.host, dovecot.ssl_port, ssl_context=ctx)
+
+
+def test_wrong_name_and_unknown_issuer_are_refused(make_dovecot, tls):
+    wrong = make_dovecot(ssl_cert=tls.wrong_name_cert, ssl_key=tls.wrong_name_key)
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+        imaplib.IMAP4_SSL(wrong.host, wrong.ssl_port, ssl_context=_ctx(tls.ca_file))
+    other = make_dovecot(ssl_cert=tls.other_cert, ssl_key=tls.other_key)
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        imaplib.IMAP4_SSL(other.host, other.ssl_port, ssl_context=_ctx(tls.ca_file))
+    c = imaplib.IMAP4_SSL(other.host, other.ssl_port, ssl_context=_ctx(tls.other_ca.ca_cert))
+    c.logout()
+
+
+# ------------------------------------------------------------------ Proxy
+
+
+def _login(port, d) -> imaplib.IMAP4:
+    c = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+    c.login(d.user, d.password)
+    return c
+
+
+def test_proxy_forwards_records_and_counts(clean_dovecot, make_proxy):
+    d = clean_dovecot
+    big = b"Subject: big\r\n\r\n" + b"0123456789abcde\r\n" * 120_000  # ~2 MB
+    d.append("INBOX", big)
+    p = make_proxy(d.host, d.port)
+    c = _login(p.port, d)
+    c.select("INBOX")
+    typ, data = c.uid("FETCH", "1", "(BODY.PEEK[]<0.1000>)")
+    assert data[0][1] == big[:1000]
+    c.logout()
+    time.sleep(0.05)
+    assert p.accepted == 1 and p.open_connections() == 0
+    sent = p.client_bytes()
+    assert b"LOGIN alice" in sent and b"UID FETCH 1 (BODY.PEEK[]<0.1000>)" in sent
+    assert b"* OK" in p.server_bytes()
+    assert p.bytes_server_to_client == len(p.server_bytes())
+    assert 1000 < p.bytes_server_to_client < 10_000  # the 2 MB never crossed
+    assert p.bytes_client_to_server == len(sent)
+    p.clear()
+    assert p.client_bytes() == b"" and p.bytes_server_to_client == 0
+
+
+def test_proxy_mitm_strips_starttls(dovecot, make_proxy):
+    p = make_proxy(dovecot.host, dovecot.port,
+                   rewrite_server=lambda b: b.replace(b" STARTTLS", b""))
+    c = imaplib.IMAP4("127.0.0.1", p.port)
+    assert "STARTTLS" not in c.capabilities and "IMAP4REV1" in c.capabilities
+    c.logout()
+    assert b"STARTTLS" in p.server_bytes()  # it was there, upstream
+    # TLS passes through a rewriting proxy (partial lines are flushed).
+    p.rewrite_server = lambda b: b.replace(b"no such text", b"")
+    c = imaplib.IMAP4("localhost", p.port)
+    c.starttls(_ctx(dovecot.ca_file))
+    assert c.login(dovecot.user, dovecot.password)[0] == "OK"
+    c.logout()
+    assert b"Pa55word" not in p.client_bytes()  # the password went encrypted
+
+
+def test_proxy_cut_drops_every_connection(dovecot, make_proxy):
+    p = make_proxy(dovecot.host, dovecot.port)
+    clients = [_login(p.port, dovecot) for _ in range(3)]
+    assert p.open_connections() == 3
+    assert p.cut() == 3
+    for c in clients:
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            c.noop()
+    assert p.open_connections() == 0
+    c = _login(p.port, dovecot)  # the proxy itself keeps accepting
+    c.logout()
+
+
+def test_proxy_cut_when_before_and_after_forwarding(clean_dovecot, make_proxy):
+    d = clean_dovecot
+    d.append("INBOX", b"Subject: m\r\n\r\nm\r\n")
+    d.create("Other")
+    p = make_proxy(d.host, d.port)
+
+    # Before: the server never sees the MOVE.
+    p.cut_when(b"UID MOVE")
+    c = _login(p.port, d)
+    c.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.abort):
+        c.uid("MOVE", "1", "Other")
+    assert list(d.fetch_all("INBOX")) == [1] and d.fetch_all("Other") == {}
+
+    # After: the server moved the message, the client never heard.
+    p.cut_when(b"UID MOVE", forward=True)
+    c = _login(p.port, d)
+    c.select("INBOX")
+    with pytest.raises(imaplib.IMAP4.abort):
+        c.uid("MOVE", "1", "Other")
+    deadline = time.monotonic() + 5
+    while d.fetch_all("INBOX") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert d.fetch_all("INBOX") == {} and list(d.fetch_all("Other")) == [1]
+
+    # Server side: APPEND stored, APPENDUID never reaches the client.
+    p.cut_when_server(b"[APPENDUID")
+    c = _login(p.port, d)
+    with pytest.raises(imaplib.IMAP4.abort):
+        c.append("INBOX", None, None, b"Subject: n\r\n\r\nn\r\n")
+    assert list(d.fetch_all("INBOX").values()) == [b"Subject: n\r\n\r\nn\r\n"]
+    # Triggers fire once: the next connection is left alone.
+    c = _login(p.port, d)
+    c.select("Other")
+    assert c.uid("MOVE", "1", "INBOX")[0] == "OK"
+    c.logout()
+
+
+def test_proxy_cut_when_predicate(dovecot, make_proxy):
+    p = make_proxy(dovecot.host, dovecot.port)
+    p.cut_when(lambda sent: sent.count(b"NOOP") >= 2)
+    c = _login(p.port, dovecot)
+    assert c.noop()[0] == "OK"
+    with pytest.raises(imaplib.IMAP4.abort):
+        c.noop()
+
+
+def test_proxy_refuse_and_hang(dovecot, make_proxy):
+    p = make_proxy(dovecot.host, dovecot.port, refuse=True)
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        imaplib.IMAP4("127.0.0.1", p.port, timeout=5)
+    p.refuse = False
+    p.hang = True
+    with pytest.raises((socket.timeout, TimeoutError)):
+        imaplib.IMAP4("127.0.0.1", p.port, timeout=0.3)
+    assert p.cut() == 1
+    p.hang = False
+    _login(p.port, dovecot).logout()
+
+
+def test_proxy_delay_adds_latency_in_order(dovecot, make_proxy):
+    p = make_proxy(dovecot.host, dovecot.port, delay_ms=40)
+    c = _login(p.port, dovecot)
+    t = time.monotonic()
+    assert c.noop()[0] == "OK"
+    rtt = time.monotonic() - t
+    assert 0.08 <= rtt < 0.5
+    # Pipelined commands come back in order and intact.
+    c.select("INBOX")
+    tags = [c._command("NOOP") for _ in range(20)]
+    for tag in tags:
+        assert c._command_complete("NOOP", tag)[0] == "OK"
+    c.logout()
+
+
+def test_proxy_stops_itself(dovecot):
+    from tests.support.proxy import Proxy
+
+    p = Proxy(dovecot.host, dovecot.port, lifetime=0.2).start()
+    c = _login(p.port, dovecot)
+    time.sleep(0.5)
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        c.noop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", p.port), timeout=1).close()
+    p.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("proxy-")]
+
+
+# ------------------------------------------------------------------ Mount
+
+
+def test_mount_helpers(tmp_mountpoint):
+    assert is_mounted("/proc") and not is_mounted(tmp_mountpoint)
+    assert_not_mounted(tmp_mountpoint)
+    assert imapfs_command()[0].endswith(("imapfs", "python", "python3")) or \
+        "imapfs" in " ".join(imapfs_command())
