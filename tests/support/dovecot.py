@@ -168,6 +168,22 @@ class DovecotError(RuntimeError):
     pass
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process of process group ``pgid`` exists."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields: state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class Dovecot:
     """A throwaway Dovecot, started by :meth:`start` or ``with``.
 
@@ -413,6 +429,14 @@ protocol imap {{
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait(timeout)
+            # SIGKILL is asynchronous: children still hold the listening
+            # sockets for a moment, and a restart on the same ports would
+            # fail.  Wait until the whole process group is gone.
+            deadline = time.monotonic() + timeout
+            while _group_alive(proc.pid):
+                if time.monotonic() > deadline:
+                    raise DovecotError(f"dovecot processes of group {proc.pid} survive SIGKILL")
+                time.sleep(0.002)
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
