@@ -42,7 +42,7 @@ _SPACE = re.compile(rb"[ \t\r\n]*\Z")
 _DIGITS = re.compile(rb"\d+\Z")
 _UNQUOTE = re.compile(rb"\\(.)", re.S)
 _END = object()
-_MAX_DEPTH = 100  # deeper lists raise ProtocolError instead of RecursionError
+_MAX_DEPTH = 200  # deeper lists raise ProtocolError instead of RecursionError (Dovecot sends up to 102)
 
 
 class _Parser:
