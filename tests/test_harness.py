@@ -7,6 +7,7 @@ import imaplib
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 
@@ -15,7 +16,8 @@ import pytest
 from tests.support import dovecot as dv
 from tests.support.corpus import corpus_dir, to_crlf
 from tests.support.dovecot import Dovecot, DovecotError, mutf7_decode, mutf7_encode
-from tests.support.mount import assert_not_mounted, imapfs_command, is_mounted
+from tests.support.mount import (Mount, MountError, assert_not_mounted, imapfs_command,
+                                 is_bad_line, is_mounted)
 
 
 def _ctx(cafile) -> ssl.SSLContext:
@@ -399,3 +401,24 @@ def test_mount_helpers(tmp_mountpoint):
     assert_not_mounted(tmp_mountpoint)
     assert imapfs_command()[0].endswith(("imapfs", "python", "python3")) or \
         "imapfs" in " ".join(imapfs_command())
+
+
+def test_mount_log_levels():
+    assert is_bad_line("2026-01-01 10:00:00,000 ERROR imapfs.fs: boom")
+    assert is_bad_line("CRITICAL:imapfs:boom")
+    assert is_bad_line("Traceback (most recent call last):")
+    assert not is_bad_line("2026-01-01 10:00:00,000 DEBUG imapfs.fs: lookup ERROR reports")
+    assert not is_bad_line("2026-01-01 10:00:00,000 INFO imapfs.mount: mounted")
+
+
+def test_mount_that_dies_fails_fast_with_its_log(tmp_mountpoint):
+    fake = [sys.executable, "-c",
+            "import sys, os; print('imapfs: no way', os.environ.get('IMAPFS_PASSWORD'),"
+            " file=sys.stderr); sys.exit(2)"]
+    t = time.monotonic()
+    with pytest.raises(MountError, match=r"exited with 2(.|\n)*imapfs: no way s3cret"):
+        Mount("imap://alice@127.0.0.1:1/", tmp_mountpoint, ["tls=off"], password="s3cret",
+              command=fake).start()
+    assert time.monotonic() - t < 5
+    assert_not_mounted(tmp_mountpoint)
+

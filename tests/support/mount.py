@@ -32,7 +32,18 @@ from pathlib import Path
 
 MOUNT_TIMEOUT = 15.0
 EXIT_TIMEOUT = 15.0
-BAD_LINE = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
+TRACEBACK = "Traceback (most recent call last)"
+# The first level name on a line is its level ("... DEBUG imapfs.fs: folder ERROR
+# reports" is a debug line).
+LEVEL = re.compile(r"(?<![\w-])(DEBUG|INFO|WARNING|ERROR|CRITICAL|FATAL)(?![\w-])")
+
+
+def is_bad_line(line: str) -> bool:
+    """A traceback, or a log line whose level is ERROR/CRITICAL/FATAL."""
+    if TRACEBACK in line:
+        return True
+    m = LEVEL.search(line)
+    return bool(m) and m.group(1) in ("ERROR", "CRITICAL", "FATAL")
 FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
 
 
@@ -227,7 +238,7 @@ class Mount:
     def bad_log_lines(self) -> list[str]:
         """Log lines with a traceback or an ERROR/CRITICAL level, less the allowed ones."""
         return [l for l in self.log().splitlines()
-                if BAD_LINE.search(l) and not any(r.search(l) for r in self.allowed_errors)]
+                if is_bad_line(l) and not any(r.search(l) for r in self.allowed_errors)]
 
     def path(self, *parts: str) -> Path:
         return self.mountpoint.joinpath(*parts)
