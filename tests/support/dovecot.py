@@ -37,6 +37,8 @@ tests/test_harness.py):
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as _dt
 import imaplib
 import os
@@ -107,8 +109,6 @@ PROFILES = {
 
 def mutf7_encode(name: str) -> str:
     """Encode a folder name in IMAP's modified UTF-7 (RFC 3501 5.1.3)."""
-    import base64
-
     out, buf = [], []
 
     def flush():
@@ -128,8 +128,6 @@ def mutf7_encode(name: str) -> str:
 
 
 def mutf7_decode(name: str | bytes) -> str:
-    import base64
-
     if isinstance(name, bytes):
         name = name.decode("ascii")
 
@@ -526,21 +524,17 @@ protocol imap {{
             raise
         return c
 
+    @contextlib.contextmanager
     def _session(self, user: str | None):
-        d = self
-
-        class _S:
-            def __enter__(s):
-                s.c = d.client(user)
-                return s.c
-
-            def __exit__(s, *exc):
-                try:
-                    s.c.logout()
-                except Exception:
-                    s.c.shutdown()
-
-        return _S()
+        c = self.client(user)
+        try:
+            yield c
+        finally:
+            try:
+                c.logout()
+            except (imaplib.IMAP4.error, OSError):
+                with contextlib.suppress(OSError):
+                    c.shutdown()
 
     def create(self, folder: str, user: str | None = None) -> None:
         """CREATE ``folder`` (no error if it exists)."""

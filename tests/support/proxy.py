@@ -32,10 +32,9 @@ _CLOSE = object()   # writer: close the whole connection (after what came before
 
 
 class _Direction:
-    def __init__(self, conn: "ProxyConnection", src: socket.socket, dst: socket.socket,
-                 name: str):
-        self.conn, self.src, self.dst, self.name = conn, src, dst, name
-        self.q: queue.Queue = queue.Queue()
+    def __init__(self, src: socket.socket, dst: socket.socket, name: str):
+        self.src, self.dst, self.name = src, dst, name
+        self.q: queue.Queue = queue.Queue()  # (due time, bytes | _EOF | _CLOSE)
 
 
 class ProxyConnection:
@@ -53,8 +52,8 @@ class ProxyConnection:
         self._line_buf = b""             # rewrite_server: incomplete last line
         self._eofs = 0
         self._running = 4                # threads; the last one closes the sockets
-        self.c2s = _Direction(self, client, upstream, "c2s")
-        self.s2c = _Direction(self, upstream, client, "s2c")
+        self.c2s = _Direction(client, upstream, "c2s")
+        self.s2c = _Direction(upstream, client, "s2c")
         self.threads = []
 
     def start(self) -> None:
@@ -111,9 +110,7 @@ class ProxyConnection:
                         # rewrite_server holds an incomplete line: pass it on
                         # if nothing follows soon (e.g. TLS after STARTTLS).
                         if not select.select([d.src], [], [], 0.05)[0]:
-                            rest, self._line_buf = self._line_buf, b""
-                            d.q.put((time.monotonic() + p.delay_ms / 1000.0,
-                                     p._rewrite(rest)))
+                            self._flush_line_buf()
                             continue
                     data = d.src.recv(65536)
                 except (OSError, ValueError):
@@ -129,9 +126,13 @@ class ProxyConnection:
                         return
         finally:
             if d is self.s2c and self._line_buf and not self.closed.is_set():
-                rest, self._line_buf = self._line_buf, b""
-                d.q.put((time.monotonic() + p.delay_ms / 1000.0, p._rewrite(rest)))
+                self._flush_line_buf()
             d.q.put((0.0, _EOF))
+
+    def _flush_line_buf(self) -> None:
+        rest, self._line_buf = self._line_buf, b""
+        self.s2c.q.put((time.monotonic() + self.proxy.delay_ms / 1000.0,
+                        self.proxy._rewrite(rest)))
 
     def _from_client(self, data: bytes, due: float) -> bool:
         p = self.proxy
