@@ -23,7 +23,7 @@ usage: imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
   -d           debug logging (implies nothing else)
   -o OPT       see `man`-style list in docs/usage.md; common ones:
                password_file=PATH, password_command=CMD, cafile=PATH,
-               tls=off, ro, noparts, poll=SECONDS, mem_cache=SIZE,
+               tls=off, ro, noparts, trash=FOLDER|auto, poll=SECONDS, mem_cache=SIZE,
                connections=N, timeout=SECONDS, logfile=PATH, allow_other
 The password is read from IMAPFS_PASSWORD, password_file or password_command,
 never from the command line.
@@ -66,6 +66,7 @@ class Config:
     allow_root: bool = False
     logfile: str | None = None
     backoff_max: float = 30.0
+    trash: str | None = None
     fuse_options: set[str] = field(default_factory=set)
 
     @property
@@ -174,6 +175,10 @@ def _apply_option(cfg: Config, opt: str) -> None:
         cfg.mem_cache = parse_size(value)
     elif name == "logfile":
         cfg.logfile = value
+    elif name == "trash":
+        if not value:
+            raise ConfigError("trash= needs a folder (e.g. trash=Trash) or auto")
+        cfg.trash = value
     elif name == "backoff_max":
         cfg.backoff_max = _number(name, value, 1, 3600)
     elif name in ("fsname", "subtype"):

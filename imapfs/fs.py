@@ -19,13 +19,16 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from .errors import ImapfsError, ReadOnly, errno_for
+from .errors import ImapfsError, InvalidArgument, ProtocolError, ReadOnly, Unsupported, errno_for
+from .imapproto import parse_internaldate
+from .pending import PendingFile
 from .tree import Folder, Msg, Tree
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,13 @@ BLOCK = 4096
 XATTR_UID = b"user.imap.uid"
 XATTR_UIDVALIDITY = b"user.imap.uidvalidity"
 XATTR_FLAGS = b"user.imap.flags"
+XATTR_DATE = b"user.imap.internaldate"
+MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
+# Answers to a request that made no sense, not failures of ours: no warning.
+_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL}
 
 
 def _guarded(fn: F) -> F:
@@ -52,7 +62,7 @@ def _guarded(fn: F) -> F:
             raise
         except ImapfsError as e:
             code = errno_for(e)
-            if code == errno.ENOENT:
+            if code in _USER_ERRNOS:
                 log.debug("%s: %s", fn.__name__, e)
             else:
                 log.warning("%s failed: %s", fn.__name__, e)
@@ -112,7 +122,19 @@ class Operations(pyfuse3.Operations):
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_blksize = BLOCK
-        if isinstance(node, Msg):
+        if isinstance(node, PendingFile):
+            if node.committed is not None and not node.dirty:
+                c = self._attrs(node.committed)
+                c.st_ino = node.inode
+                return c
+            a.st_mode = stat.S_IFREG | 0o644
+            a.st_nlink = 1
+            a.st_size = node.size
+            a.st_blocks = (node.size + 511) // 512
+            ns = int((node.date if node.date is not None else node.mtime) * 1_000_000_000)
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+            a.entry_timeout = a.attr_timeout = 0.0
+        elif isinstance(node, Msg):
             a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
             a.st_nlink = 1
             a.st_size = node.size
@@ -202,32 +224,163 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(inode)
         if isinstance(node, Folder):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly("writing messages is not supported yet")
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True, direct_io=False)
+        if isinstance(node, PendingFile) and node.committed is not None and not node.dirty:
+            node = node.committed
+        writing = bool(flags & WRITE_FLAGS)
+        if writing and self.read_only:
+            raise ReadOnly("mounted read-only")
+        if isinstance(node, PendingFile):
+            self.tree.opened(node)
+            return pyfuse3.FileInfo(fh=node.inode, keep_cache=False, direct_io=False)
+        if writing:
+            p = await self.tree.open_for_write(node, truncate=bool(flags & os.O_TRUNC))
+            self.tree.opened(p)
+            return pyfuse3.FileInfo(fh=p.inode, keep_cache=False, direct_io=False)
+        # A message's bytes never change for its inode: the page cache may keep them.
+        return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
+
+    @_guarded
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._folder(parent_inode)
+        if not stat.S_ISREG(mode) and stat.S_IFMT(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        p = self.tree.create_file(parent, os.fsdecode(name))
+        self.tree.opened(p)
+        self.tree.remember(p.inode)
+        return pyfuse3.FileInfo(fh=p.inode, keep_cache=False, direct_io=False), self._attrs(p)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self.tree.node(fh)
+        if isinstance(node, PendingFile):
+            if node.committed is not None and not node.dirty:
+                return await self.tree.read(node.committed, off, size)
+            return node.read(off, size)
         if not isinstance(node, Msg):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return await self.tree.read(node, off, size)
 
+    @_guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        node = self.tree.node(fh)
+        if not isinstance(node, PendingFile) or node.gone:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return node.write(off, buf)
+
+    @_guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        node = self.tree.node(fh)
+        if isinstance(node, PendingFile) and node.dirty and not node.gone:
+            await self.tree.commit(node)  # the caller hears if the server refused it
+
     async def release(self, fh: int) -> None:
-        pass
+        try:
+            node = self.tree.node(fh)
+        except ImapfsError:
+            return
+        if isinstance(node, PendingFile):
+            self.tree.released(node)
+
+    # -- changes --------------------------------------------------------------
+
+    @_guarded
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.node(inode)
+        target = self.tree.node(fh) if fh is not None else node
+        if isinstance(target, PendingFile) and (target.committed is None or target.dirty):
+            if fields.update_size:
+                target.truncate(attr.st_size)
+            if fields.update_mtime:
+                self.tree.set_pending_date(target, attr.st_mtime_ns // 1_000_000_000)
+            return self._attrs(target if fh is None else node)
+        if fields.update_size:
+            if self.read_only:
+                raise ReadOnly("mounted read-only")
+            raise Unsupported("truncate a message by opening it for writing")
+        # chmod, chown and utimens on stored mail: accepted and ignored (cp -a, rsync -a
+        # must not fail); the time shown stays the INTERNALDATE.
+        return self._attrs(node)
+
+    @_guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._folder(parent_inode)
+        sname = os.fsdecode(name)
+        node = await self.tree.lookup(parent, sname)
+        if isinstance(node, Folder):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(node, PendingFile):
+            if node.committed is None:
+                self.tree.unlink_pending(node)
+                return
+            node = node.committed
+        if parent.aliases.get(sname) is node:
+            del parent.aliases[sname]
+        await self.tree.delete(node)
+
+    @_guarded
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        src = self._folder(parent_old)
+        dst = self._folder(parent_new)
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        node = await self.tree.lookup(src, old)
+        if isinstance(node, Folder):
+            await self.tree.rename_folder(node, dst, new)
+            return
+        if isinstance(node, PendingFile) and (node.committed is None or node.dirty):
+            self.tree.rename_pending(node, dst, new)
+            return
+        if isinstance(node, PendingFile):
+            node = node.committed
+        if src is dst:
+            if src.aliases.get(old) is node:  # a writer's name: rsync renaming its temp file
+                del src.aliases[old]
+                src.aliases[new] = node
+                return
+            raise Unsupported("a message's name is derived from it; it can only move to another folder")
+        try:
+            existing = await self.tree.lookup(dst, new)
+        except ImapfsError:
+            existing = None
+        if existing is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        await self.tree.move(node, dst, new)
+
+    @_guarded
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        folder = await self.tree.mkdir(self._folder(parent_inode), os.fsdecode(name))
+        self.tree.remember(folder.inode)
+        return self._attrs(folder)
+
+    @_guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.tree.rmdir(self._folder(parent_inode), os.fsdecode(name))
 
     # -- extended attributes --------------------------------------------------
 
+    def _xnode(self, inode: int) -> Any:
+        node = self.tree.node(inode)
+        if isinstance(node, PendingFile) and node.committed is not None and not node.dirty:
+            return node.committed
+        return node
+
     @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        node = self.tree.node(inode)
+        node = self._xnode(inode)
         if isinstance(node, Msg):
-            return [XATTR_FLAGS, XATTR_UID, XATTR_UIDVALIDITY]
+            return list(MESSAGE_XATTRS)
+        if isinstance(node, PendingFile):
+            return [XATTR_FLAGS, XATTR_DATE]
         return []
 
     @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.tree.node(inode)
+        node = self._xnode(inode)
         if isinstance(node, Msg):
             if name == XATTR_UID:
                 return str(node.uid).encode()
@@ -236,7 +389,51 @@ class Operations(pyfuse3.Operations):
             if name == XATTR_FLAGS:
                 flags = await self.tree.flags(node)
                 return " ".join(flags).encode("utf-8")
+            if name == XATTR_DATE:
+                return format_internaldate(node.date)
+        if isinstance(node, PendingFile):
+            if name == XATTR_FLAGS:
+                return " ".join(node.flags or ()).encode("utf-8")
+            if name == XATTR_DATE and node.date is not None:
+                return format_internaldate(node.date)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_guarded
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._xnode(inode)
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        text = value.decode("utf-8", "replace").strip().rstrip("\0")
+        if isinstance(node, PendingFile):
+            if name == XATTR_FLAGS:
+                self.tree.set_pending_flags(node, text.split())
+            elif name == XATTR_DATE:
+                self.tree.set_pending_date(node, parse_date_xattr(text))
+            # Anything else (user.imap.uid of the source, other tools' xattrs) is
+            # accepted and dropped: rsync -X and cp -a must not fail on it.
+            return
+        if not isinstance(node, Msg):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if name == XATTR_FLAGS:
+            await self.tree.set_flags(node, text.split())
+        elif name in (XATTR_UID, XATTR_UIDVALIDITY, XATTR_DATE):
+            current = await self.getxattr(inode, name, ctx)
+            if text != current.decode():
+                raise pyfuse3.FUSEError(errno.EPERM)  # read-only: they name the stored message
+        else:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @_guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._xnode(inode)
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        if name == XATTR_FLAGS and isinstance(node, Msg):
+            await self.tree.set_flags(node, [])
+        elif name == XATTR_FLAGS and isinstance(node, PendingFile):
+            self.tree.set_pending_flags(node, [])
+        else:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     # -- the file system ------------------------------------------------------
 
@@ -253,3 +450,22 @@ class Operations(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 1 << 20
         s.f_namemax = 255
         return s
+
+
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def format_internaldate(epoch: int) -> bytes:
+    """Seconds since the epoch → IMAP date-time in UTC, as APPEND takes it."""
+    t = time.gmtime(epoch)
+    return f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000".encode()
+
+
+def parse_date_xattr(text: str) -> int:
+    """``user.imap.internaldate``: an IMAP date-time, or seconds since the epoch."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_internaldate(text.encode())
+    except ProtocolError:
+        raise InvalidArgument(f"not an IMAP date-time: {text!r}") from None

@@ -147,9 +147,10 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
     pool = Pool(account, size=cfg.connections, backoff_max=cfg.backoff_max)
     await pool.start()
     try:
-        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=KernelNotifier())
+        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=KernelNotifier(),
+                    read_only=cfg.read_only, trash=cfg.trash)
         await tree.refresh_folders(force=True)
-        ops = Operations(tree, read_only=True)
+        ops = Operations(tree, read_only=cfg.read_only)
         try:
             pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
@@ -159,11 +160,14 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
             ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals)
+                nursery.start_soon(tree.uploader)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
+            # Files written just before the unmount still go to the server.
+            await tree.flush_all()
     finally:
         await pool.close()
 

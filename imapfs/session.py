@@ -32,6 +32,7 @@ from .errors import (
     AuthError,
     CommandFailed,
     ConnectError,
+    Exists,
     ImapfsError,
     NotFound,
     ProtocolError,
@@ -407,6 +408,131 @@ class Connection:
                 return b""
         raise NotFound(f"message UID {uid} is gone from {name.decode('ascii', 'replace')}")
 
+    # -- changing things (write-through: callers update the tree after these return) --
+
+    def _run_with_code(self, what: str, code: str, fn: Callable[[imaplib.IMAP4], tuple[str, list]]
+                       ) -> tuple[str, list, list[bytes]]:
+        """Run a command and collect the response code *code* (COPYUID, APPENDUID) it produced."""
+
+        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            i.untagged_responses.pop(code, None)
+            typ, dat = fn(i)
+            return typ, [dat, [c for c in i.untagged_responses.pop(code, []) if isinstance(c, bytes)]]
+
+        typ, (dat, codes) = self._cmd(what, do)
+        return typ, dat, codes
+
+    @staticmethod
+    def _copyuid(codes: list[bytes], src_uid: int) -> tuple[int, int] | None:
+        """(dest UIDVALIDITY, dest UID) for *src_uid* from COPYUID response codes."""
+        for c in codes:
+            parts = c.split()
+            if len(parts) != 3:
+                continue
+            try:
+                src = imapproto.parse_uid_set(parts[1])
+                dst = imapproto.parse_uid_set(parts[2])
+                uidv = int(parts[0])
+            except (ValueError, ProtocolError):
+                continue
+            if len(src) == len(dst) and src_uid in src:
+                return uidv, dst[src.index(src_uid)]
+        return None
+
+    def uid_move(self, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
+        """``UID MOVE`` (RFC 6851); returns the copy's (UIDVALIDITY, UID) when the server says."""
+        self.ensure_selected(name, uidvalidity)
+        typ, dat, codes = self._run_with_code(
+            "UID MOVE", "COPYUID", lambda i: i.uid("MOVE", str(uid), imapproto.quote(dest)))
+        if typ != "OK":
+            self._check(f"UID MOVE {uid} to {dest!r}", typ, dat)
+        return self._copyuid(codes, uid)
+
+    def uid_copy(self, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
+        self.ensure_selected(name, uidvalidity)
+        typ, dat, codes = self._run_with_code(
+            "UID COPY", "COPYUID", lambda i: i.uid("COPY", str(uid), imapproto.quote(dest)))
+        if typ != "OK":
+            self._check(f"UID COPY {uid} to {dest!r}", typ, dat)
+        return self._copyuid(codes, uid)
+
+    def uid_store(self, name: bytes, uidvalidity: int, uid: int, op: str, flags: Sequence[str]) -> None:
+        """``UID STORE uid op (flags)``, e.g. op ``+FLAGS.SILENT``."""
+        self.ensure_selected(name, uidvalidity)
+        arg = "(" + " ".join(flags) + ")"
+        typ, dat = self._cmd("UID STORE", lambda i: i.uid("STORE", str(uid), op, arg))
+        if typ != "OK":
+            self._check(f"UID STORE {uid} {op}", typ, dat)
+
+    def uid_expunge(self, name: bytes, uidvalidity: int, uid: int) -> None:
+        """``UID EXPUNGE`` of exactly *uid* (RFC 4315): never a bare EXPUNGE."""
+        self.ensure_selected(name, uidvalidity)
+        typ, dat = self._cmd("UID EXPUNGE", lambda i: i.uid("EXPUNGE", str(uid)))
+        if typ != "OK":
+            self._check(f"UID EXPUNGE {uid}", typ, dat)
+
+    def uid_exists(self, name: bytes, uidvalidity: int, uid: int) -> bool:
+        self.ensure_selected(name, uidvalidity)
+        return any(u == uid for u, _ in self.uid_fetch(str(uid), "(UID)"))
+
+    def append(self, dest: bytes, data: bytes, flags: Sequence[str], date: int | None) -> tuple[int, int] | None:
+        """APPEND; returns (UIDVALIDITY, UID) from APPENDUID when the server has UIDPLUS."""
+        fl = "(" + " ".join(flags) + ")" if flags else None
+        when = imaplib.Time2Internaldate(date) if date is not None else None
+        typ, dat, codes = self._run_with_code(
+            "APPEND", "APPENDUID", lambda i: i.append(imapproto.quote(dest).decode("ascii"), fl, when, data))
+        if typ != "OK":
+            self._check(f"APPEND to {dest!r}", typ, dat)
+        for c in codes:
+            parts = c.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                return int(parts[0]), int(parts[1])
+        return None
+
+    def deselect(self) -> None:
+        """Leave the selected folder without expunging anything.
+
+        Needed before DELETE/RENAME of it (Dovecot drops a connection whose
+        selected folder vanished). Never CLOSE: it expunges \\Deleted mail.
+        """
+        if self.selected is None:
+            return
+        self.selected = None
+        self.select_info = None
+        if "UNSELECT" in self.capabilities:
+            typ, dat = self._cmd("UNSELECT", lambda i: i._simple_command("UNSELECT"))
+        else:
+            typ, dat = self._cmd("EXAMINE INBOX", lambda i: i._simple_command("EXAMINE", "INBOX"))
+        if self.imap is not None:
+            self.imap.state = "AUTH" if typ == "OK" and "UNSELECT" in self.capabilities else self.imap.state
+
+    def _mailbox_cmd(self, cmd: str, *names: bytes) -> None:
+        args = [imapproto.quote(n) for n in names]
+        if self.selected is not None and any(self.selected == n or self.selected.startswith(n + b"/")
+                                             or self.selected.startswith(n + b".") for n in names):
+            self.deselect()
+        typ, dat = self._cmd(cmd, lambda i: i._simple_command(cmd, *args))
+        if typ != "OK":
+            msg = _text(dat[0] if dat else b"")
+            if "[ALREADYEXISTS]" in msg:
+                raise Exists(f"{cmd} {names[-1]!r}: {msg}")
+            self._check(f"{cmd} {b' '.join(names)!r}", typ, dat)
+
+    def create(self, name: bytes) -> None:
+        self._mailbox_cmd("CREATE", name)
+
+    def delete(self, name: bytes) -> None:
+        self._mailbox_cmd("DELETE", name)
+
+    def rename(self, old: bytes, new: bytes) -> None:
+        self._mailbox_cmd("RENAME", old, new)
+
+    def subscribe(self, name: bytes) -> None:
+        self._mailbox_cmd("SUBSCRIBE", name)
+
+    def unsubscribe(self, name: bytes) -> None:
+        self._mailbox_cmd("UNSUBSCRIBE", name)
+
     def fetch_items(self, name: bytes, uidvalidity: int, uid: int, items: str) -> dict[bytes, Any]:
         """Arbitrary FETCH items of one message (FLAGS, BODYSTRUCTURE, ...)."""
         self.ensure_selected(name, uidvalidity)
@@ -487,28 +613,57 @@ class Pool:
         self._last_error = why
         self.online = False
 
-    async def run(self, fn: Callable[[Connection], T], folder: bytes | None = None) -> T:
+    async def run(self, fn: Callable[[Connection], T], folder: bytes | None = None,
+                  retry: bool = True) -> T:
+        """Run ``fn(connection)`` in a worker thread.
+
+        *retry*: when the connection turns out to be dead (server restart,
+        idle timeout), run *fn* once more on a fresh connection. Only for
+        commands that are safe to repeat; writes pass ``retry=False``.
+        """
         async with self._slots:
             conn = self._checkout(folder)
+            fresh = conn is None
             if conn is None:
                 conn = await self._connect()
-            try:
-                result = await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
-            except BaseException as e:
-                if conn.broken:
+            while True:
+                try:
+                    result = await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+                except BaseException:
+                    if not conn.broken:
+                        self._idle.append(conn)
+                        raise
                     await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
-                    self._failed(str(e))
-                    # Other idle connections are likely dead too (server restart).
-                    stale, self._idle = self._idle, []
-                    for c in stale:
-                        c.broken = True
-                        c.close()
-                    conn = None  # type: ignore[assignment]
-                raise
-            finally:
-                if conn is not None and not conn.broken:
-                    self._idle.append(conn)
-            return result
+                    if not retry or fresh:
+                        raise
+                    log.info("connection to %s was dead; retrying on a new one", self.account.label)
+                    fresh = True
+                    conn = await self._connect()
+                    continue
+                self._idle.append(conn)
+                return result
+
+    async def deselect_everywhere(self, name: bytes) -> None:
+        """Make every idle connection leave *name* (and folders under it) before DELETE/RENAME."""
+        for c in list(self._idle):
+            sel = c.selected
+            if sel is not None and (sel == name or sel.startswith(name + b"/") or sel.startswith(name + b".")):
+                self._idle.remove(c)
+                try:
+                    await trio.to_thread.run_sync(c.deselect, limiter=self._limiter)
+                except ImapfsError:
+                    pass
+                if c.broken:
+                    await trio.to_thread.run_sync(c.close, limiter=self._limiter)
+                else:
+                    self._idle.append(c)
+
+    def forget_selected(self, prefix: bytes) -> None:
+        """A folder was renamed or deleted: no idle connection may think it still has it selected."""
+        for c in self._idle:
+            if c.selected is not None and c.selected.startswith(prefix):
+                c.selected = None
+                c.select_info = None
 
     def changed_folders(self) -> set[bytes]:
         """Folders the server mentioned unasked since the last call (cheap hint)."""

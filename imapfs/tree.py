@@ -25,6 +25,8 @@ import bisect
 import datetime
 import hashlib
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +36,19 @@ import cachetools
 import trio
 
 from . import codec, naming
-from .errors import NotFound, ProtocolError, StaleError
+from .errors import (
+    CommandFailed,
+    Exists,
+    InvalidArgument,
+    NotEmpty,
+    NotFound,
+    ProtocolError,
+    ReadOnly,
+    StaleError,
+    Unsupported,
+)
 from .imapproto import format_uid_set
+from .pending import PendingFile
 from .session import Connection, Pool, RawMeta, SyncResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,11 @@ CHUNK = 4 * 1024 * 1024  # messages up to this size are fetched whole; larger in
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
 _COOKIE_MESSAGES = 1 << 33
+# system flags and keywords (atoms without specials); \Recent is the server's alone
+_FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[^\s(){%*\"\\\]\x00-\x1f\x7f]+)$", re.I)
+_COOKIE_PENDING = 1 << 60
+PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
+APPEND_QUIET = 0.5  # seconds a released file waits for rsync's utimens/setxattr/rename
 
 
 class Notifier(Protocol):
@@ -64,16 +82,16 @@ class NullNotifier:
 
 
 def stable_inode(key: tuple) -> int:
-    """A 63-bit inode from *key*, the same on every mount (backups compare inodes)."""
+    """A 62-bit inode from *key*, the same on every mount (backups compare inodes)."""
     h = int.from_bytes(hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-    h &= (1 << 63) - 1
+    h &= PENDING_INODE_BASE - 1
     return h if h > 1024 else h + 1024
 
 
 class Msg:
     """One message: immutable for its (UIDVALIDITY, UID) except flags."""
 
-    __slots__ = ("folder", "uidvalidity", "uid", "size", "date", "flags", "stem", "inode", "gone")
+    __slots__ = ("folder", "uidvalidity", "uid", "size", "date", "flags", "stem", "inode", "gone", "successor")
 
     def __init__(self, folder: Folder, uidvalidity: int, meta: RawMeta) -> None:
         self.folder = folder
@@ -85,6 +103,7 @@ class Msg:
         self.stem = _stem(meta)
         self.inode = 0
         self.gone = False
+        self.successor: Msg | None = None  # where a move or edit took it (same bytes or newer)
 
     @property
     def name(self) -> str:
@@ -135,6 +154,8 @@ class Folder:
         self.lock = trio.Lock()
         self.inode = ROOT_INODE if not path else 0
         self.gone = False
+        self.pending: dict[str, PendingFile] = {}  # files being written, by the writer's name
+        self.aliases: dict[str, Msg] = {}  # writers' names of messages stored during this mount
 
     @property
     def name(self) -> str:
@@ -160,8 +181,18 @@ class Tree:
     """Folders, messages and their bytes, kept coherent with the server."""
 
     def __init__(self, pool: Pool, *, revalidate: float = 5.0, mem_cache: int = 128 * 1024 * 1024,
-                 notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic,
+                 read_only: bool = False, trash: str | None = None, spool_dir: str | None = None,
+                 unsent_dir: str | None = None) -> None:
         self.pool = pool
+        self.read_only = read_only
+        self.trash = trash  # None, "auto" (the \Trash folder) or a folder path with "/"
+        self.spool_dir = spool_dir
+        self.unsent_dir = unsent_dir or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imapfs", "unsent")
+        self._next_pending = PENDING_INODE_BASE
+        self._msg_locks: dict[int, trio.Lock] = {}
+        self._upload_wakeup = trio.Event()
         self.revalidate = revalidate
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
@@ -186,7 +217,7 @@ class Tree:
                 break
             if other.key() == key:  # the same object's new incarnation: take over
                 break
-            ino = ino + 1 if ino < (1 << 63) - 1 else 1025  # collision: probe on, deterministically
+            ino = ino + 1 if ino < PENDING_INODE_BASE - 1 else 1025  # collision: probe on, deterministically
         self._inodes[ino] = node
         node.inode = ino
         return ino
@@ -353,6 +384,12 @@ class Tree:
         child = parent.children.get(name)
         if child is not None:
             return child
+        p = parent.pending.get(name)
+        if p is not None:
+            return p
+        alias = parent.aliases.get(name)
+        if alias is not None and not alias.gone:
+            return alias
         parsed = naming.parse_message_name(name)
         if parsed is not None and parsed[1] == "eml" and parent.selectable:
             uid = parsed[0]
@@ -387,6 +424,8 @@ class Tree:
             for uid in st.uids:
                 m = st.msgs[uid]
                 out.append((_COOKIE_MESSAGES + 2 * uid, m.name, m))
+        for p in sorted(folder.pending.values(), key=lambda p: p.inode):
+            out.append((_COOKIE_PENDING + (p.inode - PENDING_INODE_BASE), p.name, p))
         return out
 
     # -- reading ------------------------------------------------------------
@@ -514,6 +553,436 @@ class Tree:
             self.content[key] = data
         except ValueError:  # larger than the whole cache: serve it uncached
             pass
+
+    # -- write-through: the server first, then the tree ---------------------
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+
+    def _msg_lock(self, m: Msg) -> trio.Lock:
+        lock = self._msg_locks.get(m.inode)
+        if lock is None:
+            lock = self._msg_locks[m.inode] = trio.Lock()
+        return lock
+
+    @property
+    def caps(self) -> frozenset[str]:
+        return self.pool.capabilities
+
+    def trash_folder(self) -> Folder | None:
+        if not self.trash:
+            return None
+        if self.trash == "auto":
+            stack = [self.root]
+            while stack:
+                f = stack.pop()
+                if b"\\trash" in f.special and f.selectable:
+                    return f
+                stack.extend(f.children.values())
+            return None
+        node = self.root
+        for comp in self.trash.strip("/").split("/"):
+            node = node.children.get(comp)  # type: ignore[assignment]
+            if node is None:
+                return None
+        return node if node.selectable else None
+
+    async def _new_msg(self, folder: Folder, where: tuple[int, int] | None) -> Msg | None:
+        """Add the message the server just stored at *where* = (UIDVALIDITY, UID) to *folder*."""
+        st = folder.state
+        raw = folder.raw
+        if where is None or raw is None:
+            # No APPENDUID/COPYUID (no UIDPLUS): the next sync shows it.
+            if st is not None:
+                st.checked = 0.0
+            return None
+        uidv, uid = where
+        if st is None or st.uidvalidity != uidv:
+            st = await self.sync(folder, force=True)  # a folder never listed: its sync has the message
+            return st.msgs.get(uid) if st is not None and st.uidvalidity == uidv else None
+        if uid in st.msgs:
+            return st.msgs[uid]
+        metas = await self.pool.run(lambda c: (c.ensure_selected(raw, uidv), c.fetch_meta(str(uid)))[1],
+                                    folder=raw)
+        self._add(folder, st, metas)
+        return st.msgs.get(uid)
+
+    def _forget_msg(self, m: Msg) -> None:
+        st = m.folder.state
+        if st is not None and st.msgs.get(m.uid) is m:
+            del st.msgs[m.uid]
+            st.uids = sorted(st.msgs)
+        for name, a in list(m.folder.aliases.items()):
+            if a is m:
+                del m.folder.aliases[name]
+        self._drop(m, m.folder.inode, m.name)
+
+    async def move(self, m: Msg, dest: Folder, name: str | None = None) -> Msg | None:
+        """Move *m* to *dest*: UID MOVE, else COPY + STORE \\Deleted + UID EXPUNGE of that UID.
+
+        The original is removed only by the server's MOVE or after COPY was
+        confirmed; without MOVE or UIDPLUS we refuse rather than EXPUNGE blindly.
+        """
+        self._writable()
+        if not dest.selectable or dest.raw is None:
+            raise Unsupported(f"{'/'.join(dest.path) or '/'} cannot hold messages (\\Noselect)")
+        if dest is m.folder:
+            raise Unsupported("a message keeps its name; renaming within a folder is not possible")
+        caps = self.caps
+        if "MOVE" not in caps and "UIDPLUS" not in caps:
+            log.error("refusing to move %s: the server has neither MOVE nor UIDPLUS, and a plain "
+                      "EXPUNGE could remove other clients' deleted mail", m.name)
+            raise Unsupported("server lacks MOVE and UIDPLUS")
+        async with self._msg_lock(m):
+            if m.gone:
+                raise NotFound(f"{m.name} is gone")
+            src, uidv, uid, dst = m.folder.raw, m.uidvalidity, m.uid, dest.raw
+            assert src is not None
+            if "MOVE" in caps:
+                def op(c: Connection) -> tuple[tuple[int, int] | None, bool]:
+                    res = c.uid_move(src, uidv, uid, dst)
+                    if res is None and "UIDPLUS" in caps:
+                        return None, False  # the server moved nothing: the UID is gone
+                    return res, True
+            else:
+                def op(c: Connection) -> tuple[tuple[int, int] | None, bool]:
+                    res = c.uid_copy(src, uidv, uid, dst)
+                    if res is None:
+                        return None, False  # nothing copied: the message is gone
+                    # The copy exists: now, and only now, remove exactly this UID.
+                    c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
+                    c.uid_expunge(src, uidv, uid)
+                    return res, True
+            where, moved = await self.pool.run(op, folder=src, retry=False)
+            if not moved:
+                self._forget_msg(m)
+                raise NotFound(f"{m.name} was removed from the server by someone else")
+            log.info("moved %s/%s to %s", src.decode("ascii", "replace"), m.name, dst.decode("ascii", "replace"))
+            self._forget_msg(m)
+            new = await self._new_msg(dest, where)
+            m.successor = new
+            if new is not None and name and name != new.name:
+                dest.aliases[name] = new
+            return new
+
+    async def delete(self, m: Msg) -> None:
+        """``rm``: into the trash folder when one is set, else \\Deleted + UID EXPUNGE of that UID."""
+        self._writable()
+        trash = self.trash_folder()
+        if self.trash and trash is None:
+            log.error("trash=%s: no such folder; refusing to delete %s for good", self.trash, m.name)
+            raise Unsupported("trash folder not found")
+        if trash is not None and trash is not m.folder:
+            await self.move(m, trash)
+            return
+        if "UIDPLUS" not in self.caps:
+            log.error("refusing to delete %s: the server lacks UIDPLUS, and a plain EXPUNGE could "
+                      "remove other clients' deleted mail", m.name)
+            raise Unsupported("server lacks UIDPLUS")
+        async with self._msg_lock(m):
+            if m.gone:
+                raise NotFound(f"{m.name} is gone")
+            src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
+            assert src is not None
+
+            def op(c: Connection) -> None:
+                c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
+                c.uid_expunge(src, uidv, uid)
+
+            await self.pool.run(op, folder=src, retry=False)
+            log.info("deleted %s/%s", src.decode("ascii", "replace"), m.name)
+            self._forget_msg(m)
+
+    async def set_flags(self, m: Msg, flags: list[str]) -> None:
+        self._writable()
+        for f in flags:
+            if not _FLAG.match(f):
+                raise InvalidArgument(f"not a valid IMAP flag or keyword: {f!r}")
+        flags = [f for f in flags if f.lower() != "\\recent"]
+        src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
+        assert src is not None
+        await self.pool.run(lambda c: c.uid_store(src, uidv, uid, "FLAGS.SILENT", flags), folder=src)
+        m.flags = tuple(flags)
+
+    # -- new files and edits -------------------------------------------------
+
+    def _pending(self, folder: Folder, name: str | None, replaces: Msg | None = None) -> PendingFile:
+        self._next_pending += 1
+        p = PendingFile(folder, name or "", self._next_pending, replaces=replaces, spool_dir=self.spool_dir)
+        self._inodes[p.inode] = p
+        return p
+
+    def create_file(self, folder: Folder, name: str) -> PendingFile:
+        self._writable()
+        if not folder.selectable or folder.raw is None:
+            raise Unsupported(f"{'/'.join(folder.path) or '/'} cannot hold messages")
+        if name in folder.children or name in folder.pending:
+            raise Exists(name)
+        p = self._pending(folder, name)
+        p.dirty = True  # an empty new file is still a file the user made
+        folder.pending[name] = p
+        return p
+
+    async def open_for_write(self, m: Msg, truncate: bool) -> PendingFile:
+        """An edit: a new version is buffered; on release it is APPENDed, then the old one expunged."""
+        self._writable()
+        if "UIDPLUS" not in self.caps:
+            log.error("refusing to edit %s: without UIDPLUS the old version cannot be removed safely", m.name)
+            raise Unsupported("server lacks UIDPLUS")
+        p = self._pending(m.folder, None, replaces=m)
+        if not truncate:
+            p.write(0, await self.read(m, 0, m.size))
+            p.dirty = False
+        return p
+
+    def opened(self, p: PendingFile) -> None:
+        p.opens += 1
+        p.ready_at = None
+
+    def released(self, p: PendingFile) -> None:
+        p.opens = max(0, p.opens - 1)
+        if p.opens == 0:
+            self._touch(p)
+            if not p.dirty and p.name == "" and p.committed is None:
+                self._discard(p)  # opened for writing, nothing written
+
+    def _touch(self, p: PendingFile) -> None:
+        """Restart the quiet period (rsync's utimens/setxattr/rename follow the close)."""
+        if p.opens == 0 and p.dirty:
+            p.ready_at = self.clock() + APPEND_QUIET
+            self._upload_wakeup.set()
+
+    def set_pending_flags(self, p: PendingFile, flags: list[str]) -> None:
+        for f in flags:
+            if not _FLAG.match(f):
+                raise InvalidArgument(f"not a valid IMAP flag or keyword: {f!r}")
+        p.flags = tuple(f for f in flags if f.lower() != "\\recent")
+        self._touch(p)
+
+    def set_pending_date(self, p: PendingFile, when: int) -> None:
+        p.date = when
+        self._touch(p)
+
+    def rename_pending(self, p: PendingFile, dest: Folder, name: str) -> None:
+        self._writable()
+        if not dest.selectable or dest.raw is None:
+            raise Unsupported("that folder cannot hold messages")
+        if name in dest.children:
+            raise Exists(name)
+        if p.folder.pending.get(p.name) is p:
+            del p.folder.pending[p.name]
+        old = dest.pending.pop(name, None)
+        if old is not None and old is not p:
+            self._discard(old)
+        target = dest.aliases.get(name)
+        if target is None:
+            parsed = naming.parse_message_name(name)
+            st = dest.state
+            cand = st.msgs.get(parsed[0]) if parsed and st else None
+            target = cand if cand is not None and cand.name == name else None
+        if target is not None and not target.gone:
+            p.replaces = target  # a save over an existing message: the old one goes after the new is stored
+        p.folder = dest
+        p.name = name
+        dest.pending[name] = p
+        self._touch(p)
+
+    def _discard(self, p: PendingFile) -> None:
+        if p.folder.pending.get(p.name) is p:
+            del p.folder.pending[p.name]
+        p.gone = True
+        if self._lookups.get(p.inode, 0) == 0:
+            self._inodes.pop(p.inode, None)
+        p.close()
+
+    def unlink_pending(self, p: PendingFile) -> None:
+        self._discard(p)
+
+    async def commit(self, p: PendingFile) -> Msg | None:
+        """APPEND the buffered bytes; then expunge what they replace; then show the new message."""
+        if p.committed is not None or p.gone or not p.dirty:
+            return p.committed
+        folder = p.folder
+        raw = folder.raw
+        assert raw is not None
+        flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
+        flags = tuple(f for f in flags if f.lower() != "\\recent")
+        date = p.date if p.date is not None else (p.replaces.date if p.replaces else None)
+        data = p.data()
+        where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
+        p.dirty = False
+        log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))
+        new = await self._new_msg(folder, where)
+        old = p.replaces
+        if old is not None and not old.gone:
+            try:
+                await self.delete_exact(old)
+                old.successor = new
+            except NotFound:
+                pass
+        p.committed = new
+        if folder.pending.get(p.name) is p:
+            del folder.pending[p.name]
+            self.notifier.entry_removed(folder.inode, p.name)
+        if new is not None and p.name and p.name != new.name:
+            folder.aliases[p.name] = new
+        if new is None:
+            await self.sync(folder, force=True)
+        return new
+
+    async def delete_exact(self, m: Msg) -> None:
+        """\\Deleted + UID EXPUNGE of this one UID (an edit's old version; never into the trash)."""
+        if "UIDPLUS" not in self.caps:
+            log.warning("kept the old version of %s: without UIDPLUS it cannot be removed safely", m.name)
+            return
+        async with self._msg_lock(m):
+            if m.gone:
+                raise NotFound(m.name)
+            src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
+            assert src is not None
+
+            def op(c: Connection) -> None:
+                c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
+                c.uid_expunge(src, uidv, uid)
+
+            await self.pool.run(op, folder=src, retry=False)
+            self._forget_msg(m)
+
+    def _all_pending(self) -> list[PendingFile]:
+        out: list[PendingFile] = []
+        stack = [self.root]
+        while stack:
+            f = stack.pop()
+            stack.extend(f.children.values())
+            out.extend(f.pending.values())
+        out.extend(n for n in self._inodes.values()
+                   if isinstance(n, PendingFile) and n.replaces is not None and n.name == "" and not n.gone)
+        return out
+
+    async def uploader(self) -> None:
+        """Background task: APPEND released files once their writer has been quiet."""
+        while True:
+            now = self.clock()
+            due = [p for p in self._all_pending()
+                   if p.opens == 0 and p.dirty and p.ready_at is not None and p.ready_at <= now]
+            for p in due:
+                await self._commit_logged(p)
+            self._upload_wakeup = trio.Event()
+            with trio.move_on_after(0.1 if self._all_pending() else 5):
+                await self._upload_wakeup.wait()
+
+    async def _commit_logged(self, p: PendingFile) -> None:
+        try:
+            await self.commit(p)
+        except Exception as e:  # noqa: BLE001 - keep the bytes, retry later
+            p.failures += 1
+            p.last_error = str(e)
+            delay = min(60.0, 2.0 ** min(p.failures, 6))
+            p.ready_at = self.clock() + delay
+            log.error("could not store %s in %s: %s (will retry in %.0f s)",
+                      p.name or "an edited message", p.folder.raw, e, delay)
+
+    async def flush_all(self) -> None:
+        """At unmount: store every pending file; save what cannot be stored, never drop it."""
+        for p in self._all_pending():
+            if not p.dirty:
+                continue
+            try:
+                with trio.fail_after(60):
+                    await self.commit(p)
+            except Exception as e:  # noqa: BLE001
+                path = p.save_copy(self.unsent_dir)
+                log.error("could not store %s in %s at unmount (%s); its bytes are saved in %s",
+                          p.name or "an edited message", p.folder.raw, e, path)
+
+    # -- folders ---------------------------------------------------------------
+
+    def _server_name(self, path: tuple[str, ...]) -> bytes:
+        decoded = codec.path_to_folder(path, self.delimiter)
+        return codec.encode_mutf7(decoded).encode("ascii")
+
+    async def mkdir(self, parent: Folder, name: str) -> Folder:
+        self._writable()
+        if name in parent.children or name in parent.pending:
+            raise Exists(name)
+        try:
+            raw = self._server_name(parent.path + (name,))
+        except (ValueError, UnicodeError) as e:
+            raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
+        await self.pool.run(lambda c: c.create(raw), retry=False)
+        try:
+            await self.pool.run(lambda c: c.subscribe(raw))
+        except CommandFailed as e:
+            log.warning("created %r but could not subscribe to it: %s", raw, e)
+        log.info("created folder %s", raw.decode("ascii", "replace"))
+        await self.refresh_folders(force=True)
+        child = parent.children.get(name)
+        if child is None:
+            raise NotFound(f"the server created {raw!r} but does not list it")
+        return child
+
+    async def rmdir(self, parent: Folder, name: str) -> None:
+        self._writable()
+        f = parent.children.get(name)
+        if f is None:
+            raise NotFound(name)
+        if f.path == ("INBOX",):
+            raise Unsupported("INBOX cannot be removed")
+        if f.children or f.pending:
+            raise NotEmpty(name)
+        if f.selectable:
+            st = await self.sync(f, force=True)
+            if st is not None and st.msgs:
+                raise NotEmpty(name)
+        raw = f.raw or self._server_name(f.path)
+        await self.pool.deselect_everywhere(raw)
+        await self.pool.run(lambda c: c.delete(raw), retry=False)
+        try:
+            await self.pool.run(lambda c: c.unsubscribe(raw))
+        except CommandFailed:
+            pass
+        log.info("deleted folder %s", raw.decode("ascii", "replace"))
+        del parent.children[name]
+        self._remove_subtree(f)
+        self._drop(f, parent.inode, name)
+
+    async def rename_folder(self, f: Folder, dest: Folder, name: str) -> None:
+        self._writable()
+        if f.path == ("INBOX",):
+            raise Unsupported("INBOX cannot be renamed (IMAP would move its messages instead)")
+        if name in dest.children:
+            raise Exists(name)
+        node: Folder | None = dest
+        while node is not None:
+            if node is f:
+                raise InvalidArgument("cannot move a folder into itself")
+            node = node.parent
+        old_raw = f.raw or self._server_name(f.path)
+        try:
+            new_path = dest.path + (name,)
+            new_raw = self._server_name(new_path)
+        except (ValueError, UnicodeError) as e:
+            raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
+        await self.pool.deselect_everywhere(old_raw)
+        await self.pool.run(lambda c: c.rename(old_raw, new_raw), retry=False)
+        log.info("renamed folder %s to %s", old_raw.decode("ascii", "replace"), new_raw.decode("ascii", "replace"))
+        self.pool.forget_selected(old_raw)
+        # Keep the nodes and their inodes: the kernel moved its dentry to the
+        # new name and still holds these inodes.
+        assert f.parent is not None
+        del f.parent.children[f.name]
+        old_path = f.path
+        stack = [f]
+        while stack:
+            n = stack.pop()
+            n.path = new_path + n.path[len(old_path):]
+            if n.raw is not None and n.raw.startswith(old_raw):
+                n.raw = new_raw + n.raw[len(old_raw):]
+            stack.extend(n.children.values())
+        f.parent = dest
+        dest.children[name] = f
+        await self.refresh_folders(force=True)
 
     async def flags(self, m: Msg) -> tuple[str, ...]:
         """Current flags, asked of the server (they change under us)."""

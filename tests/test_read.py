@@ -127,13 +127,6 @@ def test_statfs(mnt):
     assert out.returncode == 0 and "imap://" in out.stdout
 
 
-def test_read_only_for_now(mnt):
-    (name,) = _files(mnt.path("Entwürfe"))
-    with pytest.raises(OSError) as e:
-        open(mnt.path("Entwürfe", name), "r+b")
-    assert e.value.errno in (errno.EROFS, errno.EACCES)
-
-
 def test_names_and_inodes_stable_across_remount(server, tmp_path):
     def snapshot():
         (tmp_path / "m").mkdir(exist_ok=True)
