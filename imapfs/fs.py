@@ -75,15 +75,27 @@ def _guarded(fn: F) -> F:
 
 
 class KernelNotifier:
-    """Tree → kernel invalidations, queued so they never run inside a request."""
+    """Tree → kernel invalidations, queued so they never run inside a request.
+
+    ``active`` is cleared at unmount: after ``pyfuse3.close()`` the kernel
+    channel is gone and a queued invalidation would fail.
+    """
+
+    def __init__(self) -> None:
+        self.active = True
 
     def entry_removed(self, parent_inode: int, name: str) -> None:
+        if not self.active:
+            return
         try:
             pyfuse3.invalidate_entry_async(parent_inode, os.fsencode(name), ignore_enoent=True)
         except Exception as e:  # noqa: BLE001 - before init or after close
             log.debug("could not invalidate %r: %s", name, e)
 
     def inode_changed(self, inode: int) -> None:
+        if not self.active:
+            return
+
         async def inval() -> None:
             try:
                 await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)

@@ -147,7 +147,8 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
     pool = Pool(account, size=cfg.connections, backoff_max=cfg.backoff_max)
     await pool.start()
     try:
-        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=KernelNotifier(),
+        notifier = KernelNotifier()
+        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=notifier,
                     read_only=cfg.read_only, trash=cfg.trash)
         await tree.refresh_folders(force=True)
         ops = Operations(tree, read_only=cfg.read_only)
@@ -164,6 +165,7 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
+            notifier.active = False
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
             # Files written just before the unmount still go to the server.

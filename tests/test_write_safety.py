@@ -1,0 +1,173 @@
+"""No mail is ever lost: connection cuts at every step of a move, an edit and an APPEND,
+and servers that lack MOVE or UIDPLUS.
+
+After every cut, each message is still on the server (by Message-ID), at
+worst twice, and the mount keeps working.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.support import dovecot as dv
+from tests.support.dovecot import Dovecot
+from tests.support.mount import Mount
+from tests.support.proxy import Proxy
+from tests.test_write import eventually, message_ids, msg
+
+CUT_ERRORS = [r"unavailable", r"lost", r"could not store", r"refusing", r"failed"]
+
+
+def all_ids(d: Dovecot, *folders: str) -> list[str]:
+    return sorted(i for f in folders for i in message_ids(d, f))
+
+
+@pytest.fixture
+def rig(tmp_path):
+    """A fresh server without MOVE (so a move is COPY, STORE, EXPUNGE), a proxy, a mount."""
+    def make(capabilities=dv.NO_MOVE, options=()):
+        d = Dovecot(capabilities=capabilities).start()
+        proxy = Proxy(d.host, d.port).start()
+        mp = tmp_path / f"m{len(made)}"
+        mp.mkdir()
+        m = Mount(f"imap://{d.user}@127.0.0.1:{proxy.port}/", mp, ["tls=off", "poll=1", *options],
+                  password=d.password, allowed_errors=CUT_ERRORS).start()
+        made.append((d, proxy, m))
+        return d, proxy, m
+
+    made: list = []
+    yield make
+    for d, proxy, m in reversed(made):
+        m.unmount()
+        proxy.stop()
+        d.cleanup()
+
+
+def recovers(m: Mount, folder: str) -> None:
+    """The mount still lists and reads after the cut."""
+    files = eventually(lambda: sorted(m.path(folder).glob("*.eml")) or None)
+    assert files[0].read_bytes()
+
+
+@pytest.mark.parametrize("cut_at,forward", [
+    (b"UID STORE", False),    # after COPY, before STORE \Deleted
+    (b"UID EXPUNGE", False),  # after STORE, before EXPUNGE
+    (b"UID EXPUNGE", True),   # the server expunges, the client never hears
+])
+def test_move_cut_never_loses_mail(rig, cut_at, forward):
+    d, proxy, m = rig()
+    d.create("B")
+    eventually(lambda: m.path("B").is_dir())
+    d.append("INBOX", msg("keep-me", "precious"))
+    d.append("INBOX", msg("bystander"))
+    (src,) = [p for p in sorted(m.path("INBOX").glob("*.eml")) if "precious" in p.name]
+    proxy.cut_when(cut_at, forward=forward)
+    with pytest.raises(OSError) as e:
+        os.rename(src, m.path("B", src.name))
+    assert e.value.errno == errno.EIO
+    ids = all_ids(d, "INBOX", "B")
+    assert "keep-me" in ids and "bystander" in ids
+    assert ids.count("bystander") == 1
+    assert "keep-me" in message_ids(d, "B")  # the copy was confirmed before anything else
+    recovers(m, "B")
+    recovers(m, "INBOX")
+
+
+def test_move_cut_with_uid_move(rig):
+    d, proxy, m = rig(capabilities=dv.FULL)
+    d.create("B")
+    eventually(lambda: m.path("B").is_dir())
+    d.append("INBOX", msg("moved-blind"))
+    (src,) = sorted(m.path("INBOX").glob("*.eml"))
+    proxy.cut_when(b"UID MOVE", forward=True)
+    with pytest.raises(OSError):
+        os.rename(src, m.path("B", src.name))
+    assert all_ids(d, "INBOX", "B") == ["moved-blind"]
+    recovers(m, "B")
+
+
+def test_append_cut_before_server_sees_it_is_retried(rig, tmp_path):
+    d, proxy, m = rig()
+    proxy.cut_when(b"APPEND", forward=False)
+    m.path("INBOX", "new.eml").write_bytes(msg("appended"))
+    assert eventually(lambda: message_ids(d, "INBOX"), timeout=20) == ["appended"]
+
+
+def test_append_cut_after_server_stored_it_leaves_at_worst_a_duplicate(rig):
+    d, proxy, m = rig()
+    proxy.cut_when_server(b"[APPENDUID", forward=False)
+    m.path("INBOX", "new.eml").write_bytes(msg("maybe-twice"))
+    ids = eventually(lambda: message_ids(d, "INBOX"), timeout=20)
+    assert set(ids) == {"maybe-twice"} and 1 <= len(ids) <= 2
+    recovers(m, "INBOX")
+
+
+def test_edit_cut_after_new_version_keeps_both(rig):
+    d, proxy, m = rig(capabilities=dv.FULL)
+    d.append("INBOX", msg("ed", "v1", "version one"))
+    (p,) = sorted(m.path("INBOX").glob("*.eml"))
+    proxy.cut_when(b"UID STORE", forward=False)  # the old version's \Deleted never arrives
+    with open(p, "r+b") as f:
+        f.write(f.read().replace(b"version one", b"version two"))
+    bodies = eventually(lambda: [b for b in d.fetch_all("INBOX").values() if b"version two" in b], timeout=20)
+    assert bodies
+    assert any(b"version one" in b for b in d.fetch_all("INBOX").values())  # old one not lost either
+    recovers(m, "INBOX")
+
+
+# -- servers without MOVE and UIDPLUS ----------------------------------------------
+
+def test_without_uidplus_rm_and_move_fallback_are_refused(rig):
+    d, proxy, m = rig(capabilities=dv.capabilities_without("MOVE", "UIDPLUS"))
+    d.create("B")
+    eventually(lambda: m.path("B").is_dir())
+    d.append("INBOX", msg("stays"))
+    c = d.client()
+    c.select("INBOX")
+    d_uid = d.append("INBOX", msg("others-deleted"))
+    c.uid("STORE", str(d_uid), "+FLAGS", "(\\Deleted)")
+    c.logout()
+    (p,) = [q for q in sorted(m.path("INBOX").glob("*.eml")) if q.name.endswith("#1.eml")]
+    proxy.clear()
+    with pytest.raises(OSError) as e:
+        p.unlink()
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.rename(p, m.path("B", p.name))
+    assert e.value.errno == errno.EPERM
+    sent = proxy.client_bytes()
+    assert b"EXPUNGE" not in sent and b"MOVE" not in sent and b"COPY" not in sent
+    assert all_ids(d, "INBOX") == ["others-deleted", "stays"]
+    assert "refusing" in m.log()
+
+
+def test_move_without_uidplus_uses_move_and_shows_result(rig):
+    d, proxy, m = rig(capabilities=dv.NO_UIDPLUS)
+    d.create("B")
+    eventually(lambda: m.path("B").is_dir())
+    d.append("INBOX", msg("mv-no-uidplus", "travel"))
+    (p,) = sorted(m.path("INBOX").glob("*.eml"))
+    subprocess.run(["mv", str(p), str(m.path("B"))], check=True)
+    assert message_ids(d, "B") == ["mv-no-uidplus"] and message_ids(d, "INBOX") == []
+    (moved,) = eventually(lambda: sorted(m.path("B").glob("*.eml")))
+    assert b"mv-no-uidplus" in moved.read_bytes()
+    assert b"UID MOVE" in proxy.client_bytes()
+
+
+def test_rm_with_trash_auto_moves_to_trash(rig):
+    d, proxy, m = rig(capabilities=dv.FULL, options=["trash=auto"])
+    d.create("Trash")
+    eventually(lambda: m.path("Trash").is_dir())
+    d.append("INBOX", msg("to-trash"))
+    (p,) = sorted(m.path("INBOX").glob("*.eml"))
+    p.unlink()
+    assert message_ids(d, "INBOX") == [] and message_ids(d, "Trash") == ["to-trash"]
+    (t,) = sorted(m.path("Trash").glob("*.eml"))
+    t.unlink()  # in the trash itself, rm deletes for good
+    assert message_ids(d, "Trash") == []
+    assert re.search(rb"UID EXPUNGE \d+", proxy.client_bytes())
