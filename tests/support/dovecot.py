@@ -37,6 +37,7 @@ tests/test_harness.py):
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import datetime as _dt
@@ -50,10 +51,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from . import tlsca
+from . import die_with_parent, tlsca
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 HOST = "127.0.0.1"
@@ -174,6 +176,17 @@ class DovecotError(RuntimeError):
     pass
 
 
+_live: "weakref.WeakSet[Dovecot]" = weakref.WeakSet()
+
+
+@atexit.register
+def _cleanup_leftovers() -> None:
+    # Servers a test forgot to clean up (they would also get SIGKILL when
+    # this process dies, see die_with_parent); remove their temp dirs too.
+    for d in list(_live):
+        d.cleanup()
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether a live (non-zombie) process of process group ``pgid`` exists."""
     for d in os.listdir("/proc"):
@@ -268,6 +281,7 @@ class Dovecot:
         self._log_fh = None
         self._started_once = False
         self._write_config()
+        _live.add(self)
 
     # ---------------------------------------------------------------- config
     def _write_config(self) -> None:
@@ -367,7 +381,7 @@ protocol imap {{
         for attempt in range(3):
             self._log_fh = open(self.base / "dovecot.stderr", "ab")
             self.proc = subprocess.Popen(
-                [DOVECOT, "-F", "-c", str(self.conf_path)],
+                die_with_parent([DOVECOT, "-F", "-c", str(self.conf_path)], "KILL"),
                 stdin=subprocess.DEVNULL, stdout=self._log_fh, stderr=subprocess.STDOUT,
                 start_new_session=True)
             try:

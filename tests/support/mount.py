@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from . import die_with_parent
+
 MOUNT_TIMEOUT = 15.0
 EXIT_TIMEOUT = 15.0
 TRACEBACK = "Traceback (most recent call last)"
@@ -254,8 +256,11 @@ class Mount:
         self._log_start = self._log_fh.tell()
         self._log_fh.write(f"$ {shlex.join(self.argv)}\n".encode())
         self._log_fh.flush()
+        # A foreground daemon unmounts cleanly on SIGTERM: send it one if
+        # the test process dies without cleaning up.
+        argv = die_with_parent(self.argv, "TERM") if self.foreground else self.argv
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log_fh,
+            argv, stdin=subprocess.DEVNULL, stdout=self._log_fh,
             stderr=subprocess.STDOUT, env=_child_env(self.password, self.env_extra),
             start_new_session=True)
         try:
