@@ -213,9 +213,15 @@ class Dovecot:
     with ``ssl_cert``/``ssl_key`` (default: the session's certificate for
     127.0.0.1/localhost signed by the session CA, ``ca_file``); ``ssl=False``
     runs a server with no TLS at all.  ``ca_file``: what ``self.ca_file``
-    reports (default: the session CA).  ``extra_config``: text appended to the
-    configuration.  ``base``: directory to use (default: a fresh temp dir,
+    reports (default: the session CA).  ``special_use``: Drafts/Junk/Sent/Trash
+    get their SPECIAL-USE attributes (when created) and SPECIAL-USE is
+    advertised.  ``auth_failure_delay``: seconds (Dovecot's default is 2).
+    ``max_connections``: per user and IP (Dovecot's default is 10).
+    ``extra_config``: text appended to the configuration.  ``base``: directory to use (default: a fresh temp dir,
     removed by :meth:`cleanup`).
+
+    The server gets SIGKILL when the thread that started it exits (so no
+    orphan survives a killed pytest): start servers from the main thread.
     """
 
     def __init__(self, users: Sequence[str] | Mapping[str, str] | None = None,
