@@ -28,6 +28,7 @@ import trio
 
 from .errors import ImapfsError, InvalidArgument, ProtocolError, ReadOnly, Unsupported, errno_for
 from .imapproto import parse_internaldate
+from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
 from .tree import Folder, Msg, Tree
 
@@ -43,6 +44,9 @@ XATTR_UID = b"user.imap.uid"
 XATTR_UIDVALIDITY = b"user.imap.uidvalidity"
 XATTR_FLAGS = b"user.imap.flags"
 XATTR_DATE = b"user.imap.internaldate"
+XATTR_MIME = b"user.mime_type"
+XATTR_SECTION = b"user.imap.section"
+PARTS_SUFFIX = ".parts"
 MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
@@ -115,10 +119,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, *, uid: int | None = None, gid: int | None = None,
-                 read_only: bool = True) -> None:
+    def __init__(self, tree: Tree, parts: Parts | None = None, *, uid: int | None = None,
+                 gid: int | None = None, read_only: bool = True) -> None:
         super().__init__()
         self.tree = tree
+        self.parts = parts  # None: -o noparts
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.read_only = read_only
@@ -146,6 +151,28 @@ class Operations(pyfuse3.Operations):
             ns = int((node.date if node.date is not None else node.mtime) * 1_000_000_000)
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
             a.entry_timeout = a.attr_timeout = 0.0
+        elif isinstance(node, PartFile):
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_nlink = 1
+            size = node.size
+            if size is None:
+                # Not known until the part is fetched (see Parts.ensure_size): a
+                # provisional size the kernel must not keep; lookup/getattr give the real one.
+                size = node.entry.part.size * 3 // 4
+                a.entry_timeout = a.attr_timeout = 0.0
+            else:
+                a.entry_timeout = a.attr_timeout = MESSAGE_TIMEOUT
+            a.st_size = size
+            a.st_blocks = (size + 511) // 512
+            ns = node.msg.date * 1_000_000_000
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        elif isinstance(node, PartsDir):
+            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_nlink = 1
+            a.st_size = 0
+            ns = node.msg.date * 1_000_000_000
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+            a.entry_timeout = a.attr_timeout = MESSAGE_TIMEOUT
         elif isinstance(node, Msg):
             a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
             a.st_nlink = 1
@@ -165,28 +192,53 @@ class Operations(pyfuse3.Operations):
 
     def _folder(self, inode: int) -> Folder:
         node = self.tree.node(inode)
+        if isinstance(node, PartsDir):
+            raise pyfuse3.FUSEError(errno.EROFS)  # .parts trees are a read-only view
         if not isinstance(node, Folder):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return node
+
+    async def _lookup(self, parent: Any, name: str) -> Any:
+        if isinstance(parent, PartsDir):
+            if self.parts is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return await self.parts.lookup(parent, name)
+        if not isinstance(parent, Folder):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.parts is not None and name.endswith(PARTS_SUFFIX) and name not in parent.children:
+            m = await self.tree.lookup(parent, name[: -len(PARTS_SUFFIX)] + ".eml")
+            if isinstance(m, Msg) and m.stem + PARTS_SUFFIX == name:
+                return self.parts.dir_for(m)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self.tree.lookup(parent, name)
 
     # -- lookups --------------------------------------------------------------
 
     @_guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        parent = self._folder(parent_inode)
+        parent = self.tree.node(parent_inode)
         sname = os.fsdecode(name)
         if sname == ".":
             node: Any = parent
-        elif sname == "..":
+        elif sname == ".." and isinstance(parent, Folder):
             node = parent.parent or parent
+        elif sname == "..":
+            node = self.tree.node(parent.msg.folder.inode)  # good enough for a .parts tree
         else:
-            node = await self.tree.lookup(parent, sname)
+            node = await self._lookup(parent, sname)
+        await self._sized(node)
         self.tree.remember(node.inode)
         return self._attrs(node)
 
+    async def _sized(self, node: Any) -> None:
+        if isinstance(node, PartFile) and node.size is None and self.parts is not None:
+            await self.parts.ensure_size(node)
+
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        return self._attrs(self.tree.node(inode))
+        node = self.tree.node(inode)
+        await self._sized(node)
+        return self._attrs(node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, n in inode_list:
@@ -199,8 +251,17 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        folder = self._folder(inode)
-        entries = await self.tree.listing(folder)
+        node = self.tree.node(inode)
+        if isinstance(node, PartsDir):
+            if self.parts is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            entries = await self.parts.listing(node)
+        elif isinstance(node, Folder):
+            entries = await self.tree.listing(node)
+            if self.parts is not None:
+                entries = self._with_parts(entries)
+        else:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = entries
@@ -226,6 +287,16 @@ class Operations(pyfuse3.Operations):
                 return
             self.tree.remember(node.inode)
 
+    def _with_parts(self, entries: list[tuple[int, str, Any]]) -> list[tuple[int, str, Any]]:
+        """Each message's ``NAME.parts`` right after its ``NAME.eml`` (cookie + 1)."""
+        assert self.parts is not None
+        out: list[tuple[int, str, Any]] = []
+        for cookie, name, node in entries:
+            out.append((cookie, name, node))
+            if isinstance(node, Msg):
+                out.append((cookie + 1, node.stem + PARTS_SUFFIX, self.parts.dir_for(node)))
+        return out
+
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
@@ -234,8 +305,15 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.tree.node(inode)
-        if isinstance(node, Folder):
+        if isinstance(node, (Folder, PartsDir)):
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(node, PartFile):
+            if flags & WRITE_FLAGS:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            await self._sized(node)
+            if node.mode == "broken":  # logged when the directory was listed
+                raise pyfuse3.FUSEError(errno.EIO)
+            return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
         if isinstance(node, PendingFile) and node.committed is not None and not node.dirty:
             node = node.committed
         writing = bool(flags & WRITE_FLAGS)
@@ -269,6 +347,9 @@ class Operations(pyfuse3.Operations):
             if node.committed is not None and not node.dirty:
                 return await self.tree.read(node.committed, off, size)
             return node.read(off, size)
+        if isinstance(node, PartFile):
+            assert self.parts is not None
+            return await self.parts.read(node, off, size)
         if not isinstance(node, Msg):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return await self.tree.read(node, off, size)
@@ -319,8 +400,8 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._folder(parent_inode)
         sname = os.fsdecode(name)
-        node = await self.tree.lookup(parent, sname)
-        if isinstance(node, Folder):
+        node = await self._lookup(parent, sname)
+        if isinstance(node, (Folder, PartsDir)):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(node, PendingFile):
             if node.committed is None:
@@ -339,7 +420,9 @@ class Operations(pyfuse3.Operations):
         src = self._folder(parent_old)
         dst = self._folder(parent_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
-        node = await self.tree.lookup(src, old)
+        node = await self._lookup(src, old)
+        if isinstance(node, PartsDir):
+            raise pyfuse3.FUSEError(errno.EROFS)
         if isinstance(node, Folder):
             await self.tree.rename_folder(node, dst, new)
             return
@@ -388,6 +471,8 @@ class Operations(pyfuse3.Operations):
             return list(MESSAGE_XATTRS)
         if isinstance(node, PendingFile):
             return [XATTR_FLAGS, XATTR_DATE]
+        if isinstance(node, PartFile):
+            return [XATTR_MIME, XATTR_SECTION]
         return []
 
     @_guarded
@@ -403,6 +488,11 @@ class Operations(pyfuse3.Operations):
                 return " ".join(flags).encode("utf-8")
             if name == XATTR_DATE:
                 return format_internaldate(node.date)
+        if isinstance(node, PartFile):
+            if name == XATTR_MIME:
+                return node.mime_type.encode()
+            if name == XATTR_SECTION:
+                return node.entry.section.encode()
         if isinstance(node, PendingFile):
             if name == XATTR_FLAGS:
                 return " ".join(node.flags or ()).encode("utf-8")
@@ -413,7 +503,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._xnode(inode)
-        if self.read_only:
+        if self.read_only or isinstance(node, (PartFile, PartsDir)):
             raise ReadOnly("mounted read-only")
         text = value.decode("utf-8", "replace").strip().rstrip("\0")
         if isinstance(node, PendingFile):

@@ -856,3 +856,82 @@ def decode_part(entry: PartEntry, raw: bytes, *, server_decoded: bool = False) -
         return to_utf8(data, part.charset)
     return data
 
+
+
+# --------------------------------------------------------------------------
+# Cutting sections out of a whole message we already hold
+# --------------------------------------------------------------------------
+
+
+def _split_header(data: bytes) -> bytes:
+    """The body after a MIME/RFC 5322 header (everything after the first empty line)."""
+    if data.startswith(b"\r\n"):
+        return data[2:]
+    i = data.find(b"\r\n\r\n")
+    return b"" if i < 0 else data[i + 4:]
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    """The raw body parts (header + body) between delimiter lines (RFC 2046 §5.1.1).
+
+    The CRLF before a delimiter belongs to the delimiter, not to the part.
+    """
+    delim = b"--" + boundary.encode("utf-8", "surrogateescape")
+    # A delimiter starts a line: at the very start, or after CRLF.
+    starts: list[tuple[int, int]] = []  # (start of CRLF or line, end of delimiter line)
+    pos = 0
+    while True:
+        i = body.find(delim, pos)
+        if i < 0:
+            break
+        at_line_start = i == 0 or body[i - 2:i] == b"\r\n"
+        if at_line_start:
+            eol = body.find(b"\r\n", i)
+            end = len(body) if eol < 0 else eol + 2
+            starts.append((i - 2 if i >= 2 else i, end, body[i + len(delim):i + len(delim) + 2] == b"--"))
+        pos = i + len(delim)
+    parts: list[bytes] = []
+    for n, (_s, end, closing) in enumerate(starts):
+        if closing:
+            break
+        nxt = starts[n + 1][0] if n + 1 < len(starts) else None
+        if nxt is None:
+            break  # no closing delimiter after the last part: leave it to the server
+        parts.append(body[end:nxt])
+    return parts
+
+
+def _walk_sections(part: BodyPart, body: bytes, out: dict[str, bytes], depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        return
+    if part.is_multipart:
+        boundary = part.params.get("boundary")
+        if not boundary:
+            return
+        chunks = _split_multipart(body, boundary)
+        if len(chunks) != len(part.children):
+            return  # we would number parts differently from the server
+        for child, chunk in zip(part.children, chunks):
+            _walk_sections(child, _split_header(chunk), out, depth + 1)
+        return
+    if len(body) != part.size:
+        return  # not the server's idea of this part: fetch it instead
+    out[part.section] = body
+    if part.message is not None:
+        _walk_sections(part.message, _split_header(body), out, depth + 1)
+
+
+def split_sections(message: bytes, root: BodyPart) -> dict[str, bytes]:
+    """``BODY[section]`` of the message's parts, cut from the whole message.
+
+    Every part is checked against the size the server's BODYSTRUCTURE gives;
+    a part that does not match (malformed MIME the server splits another
+    way) is left out, and the caller fetches it from the server. So a small
+    message costs no round trip per part, and nothing unverified is served.
+    """
+    out: dict[str, bytes] = {}
+    try:
+        _walk_sections(root, _split_header(message), out)
+    except (ValueError, IndexError):  # pragma: no cover - defensive: never fail a listing here
+        return {}
+    return out

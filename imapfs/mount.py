@@ -25,6 +25,7 @@ import trio
 from . import cli
 from .errors import ConfigError, ImapfsError
 from .fs import KernelNotifier, Operations
+from .parts import Parts
 from .session import Account, Pool
 from .tree import Tree
 
@@ -151,7 +152,8 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
         tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=notifier,
                     read_only=cfg.read_only, trash=cfg.trash)
         await tree.refresh_folders(force=True)
-        ops = Operations(tree, read_only=cfg.read_only)
+        parts = None if cfg.noparts else Parts(tree)
+        ops = Operations(tree, parts, read_only=cfg.read_only)
         try:
             pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:

@@ -205,6 +205,7 @@ class Tree:
         self.content: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(1, mem_cache), getsizeof=len)
         self._inflight: dict[tuple[int, int], _Fetch] = {}
         self.mount_time = time.time()
+        self.on_drop: list[Callable[[Any], None]] = []  # told when a node leaves the tree
 
     # -- inode table --------------------------------------------------------
 
@@ -244,9 +245,16 @@ class Tree:
 
     def _drop(self, node: Any, parent_inode: int, name: str) -> None:
         node.gone = True
+        self.discard_node(node)
+        self.notifier.entry_removed(parent_inode, name)
+        for hook in self.on_drop:
+            hook(node)
+
+    def discard_node(self, node: Any) -> None:
+        """Leave the inode table now, or at the kernel's last forget if it still holds the inode."""
+        node.gone = True
         if self._lookups.get(node.inode, 0) == 0 and self._inodes.get(node.inode) is node:
             del self._inodes[node.inode]
-        self.notifier.entry_removed(parent_inode, name)
 
     # -- folders ------------------------------------------------------------
 
@@ -468,11 +476,29 @@ class Tree:
                 raise f.error
         if m.size <= CHUNK:
             return await self._fetch_whole(m)
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        return await self.cached(key, lambda: self.pool.run(
+            lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw))
+
+    async def cached(self, key: tuple[int, int], fetch: Callable[[], Any]) -> bytes:
+        """Bytes for *key* from the content cache, else from ``await fetch()``, fetched once
+        however many readers ask at the same time."""
+        while True:
+            data = self.content.get(key)
+            if data is not None:
+                return data
+            f = self._inflight.get(key)
+            if f is None:
+                break
+            await f.done.wait()
+            if f.data is not None:
+                return f.data
+            if f.error is not None:
+                raise f.error
         f = self._inflight[key] = _Fetch()
         try:
-            raw, uidv = m.folder.raw, m.uidvalidity
-            assert raw is not None
-            data = await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
+            data = await fetch()
             f.data = data
             self._store(key, data)
             return data

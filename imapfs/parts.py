@@ -1,0 +1,428 @@
+"""``NAME.parts/`` directories: a message's MIME parts as files.
+
+The structure is the server's BODYSTRUCTURE (fetched in batches for messages
+read in sequence); names come from :mod:`imapfs.mime`. Each part file has
+one source for both its size and its bytes, fixed when its directory is
+first listed, so ``st_size`` is exact before the first read:
+
+* ``decoded``: our decoding of ``BODY[section]`` (text parts are converted to
+  UTF-8). The raw section comes from the whole message when that is small
+  (cut locally and checked against BODYSTRUCTURE's sizes) or from
+  ``BODY.PEEK[section]``; the size is known after decoding.
+* ``binary``: ``BINARY.PEEK[section]`` with ``BINARY.SIZE`` (RFC 3516), for
+  non-text parts of large messages on servers with BINARY: reading one
+  attachment transfers that attachment only, in ranges.
+* ``raw``: ``BODY.PEEK[section]`` as is: attached messages (``.eml``) and
+  parts that cannot be decoded (``.raw``).
+
+A server whose answers contradict its BODYSTRUCTURE gets a log line and EIO
+for that file only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cachetools
+import trio
+
+from . import mime
+from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, StaleError
+from .imapproto import format_uid_set
+from .session import Connection
+from .tree import CHUNK, Msg, Tree
+
+log = logging.getLogger(__name__)
+
+STRUCT_WINDOW_MAX = 256
+TAIL = 64 * 1024  # bytes read around an announced BINARY.SIZE to confirm it
+_IDENTITY = {"7bit", "8bit", "binary", ""}
+
+
+class PartsDir:
+    """``NAME.parts`` of a message, or of a message attached inside it."""
+
+    __slots__ = ("msg", "entry", "inode", "children", "gone", "lock")
+
+    def __init__(self, msg: Msg, entry: mime.PartEntry | None) -> None:
+        self.msg = msg
+        self.entry = entry
+        self.inode = 0
+        self.children: list[tuple[str, Any]] | None = None  # (name, node) once loaded
+        self.gone = False
+        self.lock = trio.Lock()
+
+    def key(self) -> tuple:
+        m = self.msg
+        return ("D", m.folder.path, m.uidvalidity, m.uid, self.entry.section if self.entry else "")
+
+
+class PartFile:
+    """One file in a ``.parts`` directory."""
+
+    __slots__ = ("msg", "entry", "name", "mode", "size", "inode", "gone")
+
+    def __init__(self, msg: Msg, entry: mime.PartEntry, name: str, mode: str, size: int | None) -> None:
+        self.msg = msg
+        self.entry = entry
+        self.name = name
+        self.mode = mode  # decoded | binary | raw | broken
+        self.size = size  # None: not known yet (see Parts.ensure_size)
+        self.inode = 0
+        self.gone = False
+
+    def key(self) -> tuple:
+        m = self.msg
+        return ("P", m.folder.path, m.uidvalidity, m.uid, self.entry.section, self.name)
+
+    @property
+    def mime_type(self) -> str:
+        if self.entry.kind == "message" and self.mode == "raw" and not self.name.endswith(mime.RAW_SUFFIX):
+            return "message/rfc822"
+        return mime.mime_type(self.entry.part)
+
+
+class Parts:
+    """Builds and serves ``.parts`` trees on top of the message tree."""
+
+    def __init__(self, tree: Tree, struct_cache: int = 20000) -> None:
+        self.tree = tree
+        self._dirs: dict[int, PartsDir] = {}  # by message inode
+        self._structs: cachetools.LRUCache = cachetools.LRUCache(maxsize=struct_cache)
+        self._last_struct: dict[bytes, int] = {}  # folder → last UID whose structure was loaded
+        self._window: dict[bytes, int] = {}
+        tree.on_drop.append(self._dropped)
+
+    # -- nodes ----------------------------------------------------------------
+
+    def dir_for(self, m: Msg) -> PartsDir:
+        d = self._dirs.get(m.inode)
+        if d is None or d.msg is not m:
+            d = PartsDir(m, None)
+            self.tree._alloc(d)
+            self._dirs[m.inode] = d
+        return d
+
+    def _dropped(self, node: Any) -> None:
+        if isinstance(node, Msg):
+            d = self._dirs.pop(node.inode, None)
+            if d is not None:
+                self._release(d)
+            self._structs.pop(node.inode, None)
+
+    def _release(self, d: PartsDir) -> None:
+        d.gone = True
+        for _name, child in d.children or []:
+            if isinstance(child, PartsDir):
+                self._release(child)
+            child.gone = True
+            self.tree.discard_node(child)
+        self.tree.discard_node(d)
+
+    # -- listing ----------------------------------------------------------------
+
+    async def listing(self, d: PartsDir) -> list[tuple[int, str, Any]]:
+        children = await self._load(d)
+        return [(i, name, node) for i, (name, node) in enumerate(children, 1)]
+
+    async def lookup(self, d: PartsDir, name: str) -> Any:
+        for n, node in await self._load(d):
+            if n == name:
+                return node
+        raise NotFound(name)
+
+    async def _root(self, m: Msg) -> mime.BodyPart:
+        root = self._structs.get(m.inode)
+        if root is not None:
+            return root
+        st = m.folder.state
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        uids = [m.uid]
+        if st is not None and st.uidvalidity == uidv:
+            # Listing .parts directories in UID order (grep -r, find): fetch ahead.
+            prev = st.before(m.uid)
+            w = self._window.get(raw, 0)
+            w = min(STRUCT_WINDOW_MAX, max(8, w * 2)) if prev is not None and prev == self._last_struct.get(raw) else 0
+            self._window[raw] = w
+            for uid in st.after(m.uid)[:w]:
+                n = st.msgs.get(uid)
+                if n is not None and n.inode not in self._structs:
+                    uids.append(uid)
+        self._last_struct[raw] = m.uid
+
+        def fetch(c: Connection) -> list[tuple[int, dict]]:
+            c.ensure_selected(raw, uidv)
+            return c.uid_fetch(format_uid_set(uids), "(UID BODYSTRUCTURE)")
+
+        for uid, it in await self.tree.pool.run(fetch, folder=raw):
+            n = st.msgs.get(uid) if st is not None else (m if uid == m.uid else None)
+            if n is None:
+                continue
+            try:
+                self._structs[n.inode] = mime.parse_bodystructure(it.get(b"BODYSTRUCTURE"))
+            except mime.MimeError as e:
+                log.warning("%r UID %d: unusable BODYSTRUCTURE (%s); showing the message as one part", raw, uid, e)
+                self._structs[n.inode] = mime.BodyPart(section="1", size=n.size)
+        root = self._structs.get(m.inode)
+        if root is None:
+            raise StaleError(f"{raw!r}: no BODYSTRUCTURE for UID {m.uid}: it is gone")
+        return root
+
+    async def _load(self, d: PartsDir) -> list[tuple[str, Any]]:
+        if d.children is not None:
+            return d.children
+        async with d.lock:
+            if d.children is not None:
+                return d.children
+            m = d.msg
+            if m.gone:
+                raise StaleError(f"{m.name} was removed from the server")
+            if d.entry is None:
+                root = await self._root(m)
+                entries = mime.list_entries(root)
+            else:
+                root = await self._root(m)
+                entries = d.entry.children
+            sections = await self._local_sections(m, root)
+            d.children = await self._build(m, entries, sections)
+            return d.children
+
+    async def _local_sections(self, m: Msg, root: mime.BodyPart) -> dict[str, bytes]:
+        """Parts cut from the whole message, when it is small enough to fetch whole (or cached)."""
+        if m.size > CHUNK:
+            return {}
+        try:
+            whole = await self.tree.read(m, 0, m.size)
+        except ImapfsError:
+            return {}
+        return mime.split_sections(whole, root)
+
+    async def _build(self, m: Msg, entries: list[mime.PartEntry], sections: dict[str, bytes]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        need_body: list[mime.PartEntry] = []  # decoded, raw section not yet at hand
+        need_size: list[mime.PartEntry] = []  # binary via BINARY.SIZE
+        binary_ok = "BINARY" in self.tree.caps and m.size > CHUNK
+        for e in entries:
+            if e.section in sections:
+                continue
+            if e.kind == "message":
+                if e.part.encoding.lower() not in _IDENTITY:
+                    need_body.append(e)
+                # else: its size is BODYSTRUCTURE's; the bytes come on read (checked then)
+            elif e.kind == "binary" and binary_ok:
+                need_size.append(e)
+            elif e.kind == "binary" and m.size > CHUNK:
+                pass  # size on first lookup: listing must not download every attachment
+            else:
+                need_body.append(e)
+        fetched: dict[str, bytes] = {}
+        sizes: dict[str, int] = {}
+        if need_body or need_size:
+            fetched, sizes = await self._fetch_sections(m, need_body, need_size)
+        for e in entries:
+            if e.kind == "message":
+                raw = sections.get(e.section)
+                if e.part.encoding.lower() in _IDENTITY:
+                    out.append((e.name, self._file(m, e, e.name, "raw", len(raw) if raw is not None else e.part.size,
+                                                   raw)))
+                else:  # an attached message sent base64: decode it like any part
+                    out.extend(self._decoded(m, e, raw if raw is not None else fetched.get(e.section)))
+                sub = PartsDir(m, e)
+                self.tree._alloc(sub)
+                out.append((e.dir_name or e.name + ".parts", sub))
+                continue
+            if e.section in sizes:
+                out.append((e.name, self._file(m, e, e.name, "binary", sizes[e.section], None)))
+                continue
+            if e.section not in sections and e.section not in fetched and e.kind == "binary" and m.size > CHUNK:
+                # no BINARY, or a BINARY.SIZE we could not confirm: sized on first lookup
+                out.append((e.name, self._file(m, e, e.name, "decoded", None, None)))
+                continue
+            raw = sections.get(e.section, fetched.get(e.section))
+            out.extend(self._decoded(m, e, raw))
+        return out
+
+    def _decoded(self, m: Msg, e: mime.PartEntry, raw: bytes | None) -> list[tuple[str, Any]]:
+        if raw is None or len(raw) != e.part.size:
+            log.error("%r UID %d: part %s is not what BODYSTRUCTURE says (%s bytes, not %d); "
+                      "reading it will fail", m.folder.raw, m.uid, e.section,
+                      "no" if raw is None else len(raw), e.part.size)
+            return [(e.name, self._file(m, e, e.name, "broken", 0, None))]
+        try:
+            data = mime.decode_part(e, raw)
+        except mime.DecodeError as err:
+            name = mime.raw_name(e)
+            log.warning("%r UID %d part %s cannot be decoded (%s); serving it raw as %s",
+                        m.folder.raw, m.uid, e.section, err, name)
+            return [(name, self._file(m, e, name, "raw", len(raw), raw))]
+        return [(e.name, self._file(m, e, e.name, "decoded", len(data), data))]
+
+    def _file(self, m: Msg, e: mime.PartEntry, name: str, mode: str, size: int | None,
+              data: bytes | None) -> PartFile:
+        f = PartFile(m, e, name, mode, size)
+        self.tree._alloc(f)
+        if data is not None and size is not None and size <= CHUNK:
+            self.tree._store((f.inode, 0), data)
+        return f
+
+    async def ensure_size(self, f: PartFile) -> None:
+        """A lazily sized part (no BINARY, big message): fetch and decode it once, now."""
+        if f.size is not None:
+            return
+        m = f.msg
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        item = f"BODY.PEEK[{f.entry.section}]"
+        it = await self.tree.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item})"), folder=raw)
+        data = it.get(f"BODY[{f.entry.section}]".encode())
+        if not isinstance(data, bytes) or len(data) != f.entry.part.size:
+            log.error("%r UID %d: part %s is not what BODYSTRUCTURE says", raw, m.uid, f.entry.section)
+            f.mode, f.size = "broken", 0
+            return
+        try:
+            decoded = mime.decode_part(f.entry, data)
+        except mime.DecodeError as err:
+            # The name was given before we could know; serve the bytes as they are.
+            log.warning("%r UID %d part %s cannot be decoded (%s); serving it undecoded",
+                        raw, m.uid, f.entry.section, err)
+            f.mode, f.size = "raw", len(data)
+            self.tree._store((f.inode, 0), data)
+            return
+        f.size = len(decoded)
+        self.tree._store((f.inode, 0), decoded)
+
+    async def _fetch_sections(self, m: Msg, bodies: list[mime.PartEntry], sizes: list[mime.PartEntry]
+                              ) -> tuple[dict[str, bytes], dict[str, int]]:
+        raw, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
+        assert raw is not None
+        items = [f"BODY.PEEK[{e.section}]" for e in bodies] + [f"BINARY.SIZE[{e.section}]" for e in sizes]
+
+        def fetch(c: Connection, items: list[str]) -> dict:
+            return c.fetch_items(raw, uidv, uid, "(UID " + " ".join(items) + ")")
+
+        try:
+            it = await self.tree.pool.run(lambda c: fetch(c, items), folder=raw)
+        except CommandFailed as err:
+            if not sizes:
+                raise
+            # e.g. NO [UNKNOWN-CTE]: Dovecot cannot decode one of them; decode them ourselves.
+            log.info("%r UID %d: BINARY.SIZE refused (%s); decoding locally", raw, uid, err)
+            bodies, sizes = bodies + sizes, []
+            items = [f"BODY.PEEK[{e.section}]" for e in bodies]
+            it = await self.tree.pool.run(lambda c: fetch(c, items), folder=raw)
+        got: dict[str, bytes] = {}
+        for e in bodies:
+            v = it.get(f"BODY[{e.section}]".encode())
+            if isinstance(v, bytes):
+                got[e.section] = v
+        announced: dict[str, int] = {}
+        for e in sizes:
+            v = it.get(f"BINARY.SIZE[{e.section}]".encode())
+            if isinstance(v, int):
+                announced[e.section] = v
+            else:
+                log.warning("%r UID %d: no BINARY.SIZE for part %s", raw, uid, e.section)
+        return got, await self._check_sizes(m, announced)
+
+    async def _check_sizes(self, m: Msg, announced: dict[str, int]) -> dict[str, int]:
+        """Confirm BINARY.SIZE by reading the decoded bytes around its end.
+
+        Dovecot 2.3.19 announced 22020086 for a part whose BINARY[] is
+        22020096 bytes; a wrong st_size would cut files short. The tail
+        window tells the exact size when the error is under TAIL/2; parts
+        it cannot settle are left to local decoding (absent from the result).
+        """
+        if not announced:
+            return {}
+        raw, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
+        assert raw is not None
+        starts = {s: max(0, n - TAIL // 2) for s, n in announced.items()}
+        items = " ".join(f"BINARY.PEEK[{s}]<{starts[s]}.{TAIL}>" for s in announced)
+        it = await self.tree.pool.run(lambda c: c.fetch_items(raw, uidv, uid, f"(UID {items})"), folder=raw)
+        exact: dict[str, int] = {}
+        for s, n in announced.items():
+            tail = it.get(f"BINARY[{s}]".encode())
+            if not isinstance(tail, bytes) or len(tail) >= TAIL:
+                log.warning("%r UID %d part %s: cannot confirm BINARY.SIZE %d; decoding it locally", raw, uid, s, n)
+                continue
+            real = starts[s] + len(tail)
+            if real != n:
+                log.warning("%r UID %d part %s: the server said BINARY.SIZE %d but has %d bytes; using %d",
+                            raw, uid, s, n, real, real)
+            exact[s] = real
+        return exact
+
+    # -- reading ------------------------------------------------------------------
+
+    async def read(self, f: PartFile, offset: int, size: int) -> bytes:
+        m = f.msg
+        await self.ensure_size(f)
+        assert f.size is not None
+        if f.mode == "broken":
+            raise ProtocolError(f"part {f.entry.section} of UID {m.uid} does not exist on the server")
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        if f.mode == "decoded" or f.size <= CHUNK:
+            data = await self.tree.cached((f.inode, 0), lambda: self._whole(f))
+            return data[offset:end]
+        out = []
+        pos = offset
+        while pos < end:
+            idx = pos // CHUNK
+            chunk = await self.tree.cached((f.inode, idx), lambda idx=idx: self._range(f, idx * CHUNK, CHUNK))
+            piece = chunk[pos - idx * CHUNK: end - idx * CHUNK]
+            if not piece:
+                log.error("%r UID %d part %s: the server sent fewer bytes than it announced (%d)",
+                          m.folder.raw, m.uid, f.entry.section, f.size)
+                raise ProtocolError("short part")
+            out.append(piece)
+            pos += len(piece)
+        return b"".join(out)
+
+    def _item(self, f: PartFile) -> tuple[str, bytes]:
+        s = f.entry.section
+        if f.mode == "binary":
+            return f"BINARY.PEEK[{s}]", f"BINARY[{s}]".encode()
+        return f"BODY.PEEK[{s}]", f"BODY[{s}]".encode()
+
+    async def _whole(self, f: PartFile) -> bytes:
+        m = f.msg
+        if m.gone:
+            raise StaleError(f"{m.name} was removed from the server")
+        item, key = self._item(f)
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        sections = await self._local_sections(m, await self._root(m)) if f.mode != "binary" else {}
+        data = sections.get(f.entry.section)
+        if data is None:
+            it = await self.tree.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item})"), folder=raw)
+            data = it.get(key)
+        if not isinstance(data, bytes) or (f.mode != "binary" and len(data) != f.entry.part.size):
+            log.error("%r UID %d: the server has no part %s of %d bytes", raw, m.uid, f.entry.section,
+                      f.entry.part.size)
+            raise ProtocolError("missing part")
+        if f.mode == "decoded":
+            data = mime.decode_part(f.entry, data)
+        if len(data) != f.size:
+            log.error("%r UID %d part %s: %d bytes now, %d when listed; the server contradicts itself",
+                      raw, m.uid, f.entry.section, len(data), f.size)
+            raise ProtocolError("part size changed")
+        return data
+
+    async def _range(self, f: PartFile, offset: int, length: int) -> bytes:
+        m = f.msg
+        if m.gone:
+            raise StaleError(f"{m.name} was removed from the server")
+        item, key = self._item(f)
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        it = await self.tree.pool.run(
+            lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item}<{offset}.{length}>)"), folder=raw)
+        data = it.get(key)
+        if not isinstance(data, bytes):
+            log.error("%r UID %d: the server has no part %s", raw, m.uid, f.entry.section)
+            raise ProtocolError("missing part")
+        return data
