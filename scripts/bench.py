@@ -93,7 +93,8 @@ def drop_caches(enabled: bool) -> bool:
 
 
 def machine_info() -> dict:
-    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_start": os.getloadavg()[0]}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -746,6 +747,8 @@ class LatencyProxy:
 # SIGUSR2 and at exit.  The headline figures never use this wrapper.
 COUNTING_DAEMON = r"""
 import atexit, collections, functools, inspect, json, os, signal, sys
+if os.environ.get("BENCH_IMAPFS_SRC"):
+    sys.path.insert(0, os.environ["BENCH_IMAPFS_SRC"])
 import pyfuse3
 import imapfs.fs as F
 counts = collections.Counter()
@@ -785,13 +788,17 @@ class MountRun:
     """One fresh imapfs mount, with deadlines on everything."""
 
     def __init__(self, url: str, mountpoint: Path, password: str, log_path: Path,
-                 timeout: float, counting: Path | None = None, options: tuple[str, ...] = ()):
+                 timeout: float, counting: Path | None = None, options: tuple[str, ...] = (),
+                 src: Path | None = None):
         from tests.support.mount import Mount, imapfs_command
         mountpoint.mkdir(parents=True, exist_ok=True)
         self.mountpoint = mountpoint
         self.timeout = timeout
         self.count_file = counting
         env = {}
+        if src is not None:  # --imapfs-rev: the daemon imports that revision's package
+            env["PYTHONPATH"] = str(src)
+            env["BENCH_IMAPFS_SRC"] = str(src)
         cmd = imapfs_command()
         if counting is not None:
             cmd = [sys.executable, "-c", COUNTING_DAEMON]
@@ -977,16 +984,26 @@ class Results:
 # Grep verification
 
 _EML_UID = re.compile(r"#(\d+)\.eml$")
+_PARTS_UID = re.compile(r"#(\d+)\.parts$")
 
 
-def ids_from_mount_paths(paths: list[str], uid_to_id: dict[int, int]) -> list[int]:
-    out = []
+class MountHits:
+    """grep -rl output on the mount: top-level messages and hits inside NAME.parts/."""
+
+    def __init__(self, ids: list[int], part_ids: list[int]):
+        self.ids = ids
+        self.part_ids = part_ids
+
+
+def ids_from_mount_paths(paths: list[str], uid_to_id: dict[int, int], folder: Path) -> MountHits:
+    ids, parts = [], []
     for p in paths:
-        m = _EML_UID.search(p)
+        rel = Path(p).relative_to(folder).parts
+        m = _EML_UID.search(rel[0]) if len(rel) == 1 else _PARTS_UID.search(rel[0])
         if not m or int(m.group(1)) not in uid_to_id:
-            raise StepError(f"grep printed a path that is no message: {p!r}")
-        out.append(uid_to_id[int(m.group(1))])
-    return out
+            raise StepError(f"grep printed a path that is no message or part: {p!r}")
+        (ids if len(rel) == 1 else parts).append(uid_to_id[int(m.group(1))])
+    return MountHits(ids, parts)
 
 
 def ids_from_files(paths: list[str]) -> list[int]:
@@ -1001,7 +1018,17 @@ def ids_from_files(paths: list[str]) -> list[int]:
     return out
 
 
-def check_ids(found: list[int], expected: set[int], where: str) -> None:
+def check_ids(found, expected: set[int], where: str) -> str:
+    """found: bench ids (or MountHits); raises StepError unless exactly ``expected``."""
+    note = ""
+    if isinstance(found, MountHits):
+        stray = set(found.part_ids) - expected
+        if stray:
+            raise StepError(f"{where}: grep matched inside the parts of messages without the "
+                            f"needle: {sorted(stray)[:5]}")
+        if found.part_ids:
+            note = f"{len(found.part_ids)} more hits inside .parts/ (nested messages)"
+        found = found.ids
     if len(found) != len(set(found)):
         raise StepError(f"{where}: grep listed a message twice")
     got = set(found)
@@ -1009,6 +1036,7 @@ def check_ids(found: list[int], expected: set[int], where: str) -> None:
         missing, extra = sorted(expected - got), sorted(got - expected)
         raise StepError(f"{where}: grep found {len(got)} messages, expected {len(expected)} "
                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    return note
 
 
 def grep_lines(cp: subprocess.CompletedProcess, what: str) -> list[str]:
@@ -1035,6 +1063,13 @@ class Bench:
         self.counts: dict[str, dict] = {}
         self.profile_summary: str | None = None
         self.timeout = args.timeout or max(60.0, 0.06 * args.n)
+        self.src = None
+        if args.imapfs_rev:
+            self.src = self.work / "imapfs-src"
+            self.src.mkdir()
+            arch = subprocess.run(["git", "-C", str(REPO), "archive", args.imapfs_rev, "imapfs"],
+                                  capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.src)], input=arch, check=True)
 
     # -- helpers
     def step(self, key: str, label: str, target: str = ""):
@@ -1064,7 +1099,7 @@ class Bench:
         url = f"imap://{self.dv.user}@127.0.0.1:{host_port}/"
         cf = self.work / f"counts{self.mount_no}.json" if counting else None
         m = MountRun(url, mp, self.dv.password, self.work / f"imapfs-{self.mount_no}.log",
-                     self.timeout, counting=cf)
+                     self.timeout, counting=cf, src=self.src)
         self.last_log = m.mount.log_path
         return m
 
@@ -1304,14 +1339,15 @@ SyncState *
                 with m:
                     cmd_grep = ["grep", "-rl", "--include=*.eml", NEEDLE, str(m.path(FOLDER))]
                     dt, cp = m.run(cmd_grep)
-                    check_ids(ids_from_mount_paths(grep_lines(cp, label), self.corpus.uid_to_id),
-                              self.corpus.needles, "mount (cold)")
+                    hits_note = check_ids(ids_from_mount_paths(grep_lines(cp, label), self.corpus.uid_to_id,
+                                                               m.path(FOLDER)),
+                                          self.corpus.needles, "mount (cold)")
                     times.append(dt)
                     if not last:
                         continue
                     dt = min(times)
                     r.add(key, label, dt, target=target, ok=(dt <= factor * mbs) if mbs else None,
-                          note=self.runs_note(times).lstrip("; "))
+                          note="; ".join(x for x in (self.runs_note(times).lstrip("; "), hits_note) if x))
                     if not sfx:
                         self.imapfs_after_grep(m, cmd_grep)
                     rss = m.status("VmHWM")
@@ -1334,7 +1370,7 @@ SyncState *
             times = []
             for _ in range(3):
                 dt, cp = m.run(cmd_grep)
-                check_ids(ids_from_mount_paths(grep_lines(cp, wlabel), self.corpus.uid_to_id),
+                check_ids(ids_from_mount_paths(grep_lines(cp, wlabel), self.corpus.uid_to_id, m.path(FOLDER)),
                           self.corpus.needles, "mount (warm)")
                 times.append(dt)
             dt = min(times)
@@ -1536,6 +1572,10 @@ SyncState *
     def run(self) -> int:
         a, r = self.a, self.r
         info = machine_info()
+        if a.imapfs_rev:
+            info["imapfs_commit"] = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", a.imapfs_rev + "^{commit}"],
+                capture_output=True, text=True).stdout.strip() + f" (--imapfs-rev {a.imapfs_rev})"
         self.info = info
         log(f"machine: {info.get('nproc')} cores, {info.get('cpu')}, kernel {info.get('kernel')}")
         if a.big:
@@ -1625,6 +1665,7 @@ SyncState *
     def report(self) -> int:
         a, r = self.a, self.r
         info = self.info
+        info["loadavg_end"] = os.getloadavg()[0]
         ratios = [] if a.big else self.ratios()
         print()
         if a.big:
@@ -1634,7 +1675,8 @@ SyncState *
               f"server store {'dropped from the page cache before cold steps' if a.cold_server else 'in the page cache'}")
         print(f"machine: nproc {info.get('nproc')}, {info.get('cpu')}, kernel {info.get('kernel')}, "
               f"{info.get('dovecot') and 'Dovecot ' + info.get('dovecot').split()[0]}, {info.get('mbsync')}, "
-              f"imapfs {info.get('imapfs_commit')}")
+              f"imapfs {info.get('imapfs_commit')}, load average {info['loadavg_start']:.2f} at start, "
+              f"{info['loadavg_end']:.2f} at end")
         print()
         print(r.table())
         if ratios:
@@ -1728,6 +1770,8 @@ def parse_args(argv=None):
     p.add_argument("--cold-server", action="store_true",
                    help="drop the page cache before every cold step, so Dovecot reads its store from "
                         "disk (default: the store stays cached; every client starts cold anyway)")
+    p.add_argument("--imapfs-rev", metavar="REV",
+                   help="benchmark the imapfs package of this git revision (default: the working tree)")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the logs of mounts that had problems here")
     p.add_argument("--no-setup", action="store_true", help=argparse.SUPPRESS)  # handled by scripts/bench
     a = p.parse_args(argv)
