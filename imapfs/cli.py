@@ -57,7 +57,7 @@ class Config:
     password_file: str | None = None
     password_command: str | None = None
     timeout: float = 30.0
-    poll: float = 5.0
+    poll: float = 60.0
     connections: int = 4
     mem_cache: int = 128 * 1024 * 1024
     noparts: bool = False

@@ -52,7 +52,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
 # Answers to a request that made no sense, not failures of ours: no warning.
-_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL}
+_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE}
 
 
 def _guarded(fn: F) -> F:
@@ -327,6 +327,7 @@ class Operations(pyfuse3.Operations):
             self.tree.opened(p)
             return pyfuse3.FileInfo(fh=p.inode, keep_cache=False, direct_io=False)
         # A message's bytes never change for its inode: the page cache may keep them.
+        node.folder.open_files += 1
         return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
 
     @_guarded
@@ -374,6 +375,8 @@ class Operations(pyfuse3.Operations):
             return
         if isinstance(node, PendingFile):
             self.tree.released(node)
+        elif isinstance(node, Msg):
+            node.folder.open_files = max(0, node.folder.open_files - 1)
 
     # -- changes --------------------------------------------------------------
 

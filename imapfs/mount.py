@@ -28,6 +28,7 @@ from .fs import KernelNotifier, Operations
 from .parts import Parts
 from .session import Account, Pool
 from .tree import Tree
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
     await pool.start()
     try:
         notifier = KernelNotifier()
-        tree = Tree(pool, revalidate=cfg.poll, mem_cache=cfg.mem_cache, notifier=notifier,
+        tree = Tree(pool, revalidate=min(5.0, cfg.poll), mem_cache=cfg.mem_cache, notifier=notifier,
                     read_only=cfg.read_only, trash=cfg.trash)
         await tree.refresh_folders(force=True)
         parts = None if cfg.noparts else Parts(tree)
@@ -164,6 +165,7 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals)
                 nursery.start_soon(tree.uploader)
+                nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:

@@ -158,8 +158,8 @@ class Parts:
 
         for uid, it in await self.tree.pool.run(fetch, folder=raw):
             n = st.msgs.get(uid) if st is not None else (m if uid == m.uid else None)
-            if n is None:
-                continue
+            if n is None or b"BODYSTRUCTURE" not in it:
+                continue  # e.g. another client's flag change reported in passing
             try:
                 self._structs[n.inode] = mime.parse_bodystructure(it.get(b"BODYSTRUCTURE"))
             except mime.MimeError as e:
@@ -167,7 +167,7 @@ class Parts:
                 self._structs[n.inode] = mime.BodyPart(section="1", size=n.size)
         root = self._structs.get(m.inode)
         if root is None:
-            raise StaleError(f"{raw!r}: no BODYSTRUCTURE for UID {m.uid}: it is gone")
+            raise NotFound(f"{raw!r}: UID {m.uid} is gone (no BODYSTRUCTURE)")
         return root
 
     async def _load(self, d: PartsDir) -> list[tuple[str, Any]]:
@@ -178,7 +178,7 @@ class Parts:
                 return d.children
             m = d.msg
             if m.gone:
-                raise StaleError(f"{m.name} was removed from the server")
+                raise NotFound(f"{m.name} was removed from the server")
             if d.entry is None:
                 root = await self._root(m)
                 entries = mime.list_entries(root)

@@ -95,7 +95,30 @@ class SyncResult:
     info: SelectInfo
     reset: bool  # UIDVALIDITY changed or first sync: ``added`` is everything
     added: list[RawMeta]
-    present: set[int] | None  # every UID now in the folder; None = unchanged
+    present: set[int] | None = None  # every UID now in the folder; None = not computed
+    removed: set[int] = field(default_factory=set)  # UIDs known to be gone (QRESYNC VANISHED)
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)  # changed flags (CONDSTORE)
+
+
+@dataclass
+class Known:
+    """What the caller knows of a folder, for an incremental sync."""
+
+    uidvalidity: int
+    count: int
+    uidnext: int | None
+    highestmodseq: int | None
+    max_uid: int
+
+
+@dataclass
+class Status:
+    """STATUS of a folder (RFC 3501 6.3.10; HIGHESTMODSEQ from RFC 7162)."""
+
+    messages: int | None = None
+    uidnext: int | None = None
+    uidvalidity: int | None = None
+    highestmodseq: int | None = None
 
 
 def make_ssl_context(cafile: str | None) -> ssl.SSLContext:
@@ -131,6 +154,9 @@ class Connection:
         self.selected: bytes | None = None
         self.select_info: SelectInfo | None = None
         self.broken = False
+        self.qresync = False  # ENABLE QRESYNC done: SELECT can report what vanished
+        self.vanished: set[int] = set()
+        self.flag_changes: dict[int, tuple[str, ...]] = {}
         # Mailboxes for which the server told us, unasked, that something changed.
         self.changed: set[bytes] = set()
 
@@ -161,6 +187,9 @@ class Connection:
                 self._starttls(ctx)
             self._login()
             self._refresh_capabilities()
+            if "QRESYNC" in self.capabilities and "ENABLE" in self.capabilities:
+                typ, dat = self._cmd("ENABLE", lambda i: i._simple_command("ENABLE", "QRESYNC"))
+                self.qresync = typ == "OK"
         except BaseException:
             self.close()
             raise
@@ -288,16 +317,29 @@ class Connection:
         self._check("LIST", typ, dat)
         return imapproto.parse_list(d for d in dat if d is not None)
 
-    def select(self, name: bytes) -> SelectInfo:
-        """SELECT *name* (read-write: later writes share the connection)."""
+    def select(self, name: bytes, qresync: tuple[int, int] | None = None) -> SelectInfo:
+        """SELECT *name* (read-write: later writes share the connection).
+
+        *qresync* = (uidvalidity, modseq) asks for ``VANISHED (EARLIER)`` and
+        changed flags since then in the same round trip (RFC 7162 §3.2.5);
+        they are left in ``self.vanished`` and ``self.flag_changes``.
+        """
         self.selected = None
         self.select_info = None
+        self.vanished: set[int] = set()
+        self.flag_changes: dict[int, tuple[str, ...]] = {}
+        args = [imapproto.quote(name)]
+        if qresync is not None and self.qresync:
+            args.append(f"(QRESYNC ({qresync[0]} {qresync[1]}))".encode())
+        elif "CONDSTORE" in self.capabilities:
+            args.append(b"(CONDSTORE)")
 
         def do(i: imaplib.IMAP4) -> tuple[str, list]:
             ur = i.untagged_responses
             ur.clear()
-            typ, dat = i._simple_command("SELECT", imapproto.quote(name))
-            info = {k: list(ur.get(k, [])) for k in ("UIDVALIDITY", "UIDNEXT", "EXISTS", "HIGHESTMODSEQ")}
+            typ, dat = i._simple_command("SELECT", *args)
+            info = {k: list(ur.get(k, [])) for k in
+                    ("UIDVALIDITY", "UIDNEXT", "EXISTS", "HIGHESTMODSEQ", "VANISHED", "FETCH")}
             if typ == "OK":
                 i.state = "SELECTED"
             return typ, [dat, info]
@@ -319,6 +361,15 @@ class Connection:
         if uidvalidity is None or exists is None:
             raise ProtocolError(f"SELECT {name!r} did not report UIDVALIDITY and EXISTS")
         si = SelectInfo(uidvalidity, exists, num("UIDNEXT"), num("HIGHESTMODSEQ"))
+        for v in info.get("VANISHED") or []:
+            if isinstance(v, bytes) and v.upper().startswith(b"(EARLIER)"):
+                try:
+                    self.vanished.update(imapproto.parse_uid_set(v.split()[-1]))
+                except (ProtocolError, IndexError):
+                    raise ProtocolError(f"bad VANISHED reply {v!r}") from None
+        for _seq, it in imapproto.parse_fetch(d for d in info.get("FETCH") or [] if d is not None):
+            if isinstance(it.get(b"UID"), int) and isinstance(it.get(b"FLAGS"), list):
+                self.flag_changes[it[b"UID"]] = tuple(_flag_str(f) for f in it[b"FLAGS"] if f is not None)
         self.selected = name
         self.select_info = si
         self.changed.discard(name)
@@ -350,23 +401,72 @@ class Connection:
                 out.append((uid, it))
         return out
 
-    def sync(self, name: bytes, known_uidvalidity: int | None, known: int, known_uidnext: int | None) -> SyncResult:
+    def sync(self, name: bytes, known: Known | None) -> SyncResult:
         """Bring the caller's view of folder *name* up to date in one thread hop.
 
-        Without a change-tracking extension the cheap test is EXISTS and UIDNEXT:
-        if neither moved, nothing was added or expunged.
+        The cost follows what changed, not the folder's size: new messages are
+        those from the known UIDNEXT on; removals come as QRESYNC's VANISHED
+        (EARLIER), or, without it, a UID list is fetched only when EXISTS does
+        not add up; flag changes come from CONDSTORE's CHANGEDSINCE.
         """
-        info = self.select(name)
-        if known_uidvalidity != info.uidvalidity:
+        use_qresync = known is not None and known.highestmodseq and self.qresync
+        info = self.select(name, (known.uidvalidity, known.highestmodseq) if use_qresync else None)
+        if known is None or known.uidvalidity != info.uidvalidity:
             added = self.fetch_meta("1:*") if info.exists else []
             return SyncResult(info, True, added, {m.uid for m in added})
-        if info.exists == known and info.uidnext is not None and info.uidnext == known_uidnext:
-            return SyncResult(info, False, [], None)
-        present: set[int] = set()
-        if info.exists:
-            for uid, _it in self.uid_fetch("1:*", "(UID)"):
-                present.add(uid)
-        return SyncResult(info, False, [], present)
+        res = SyncResult(info, False, [])
+        if info.uidnext is None or info.uidnext != known.uidnext:
+            start = max(known.uidnext or 1, known.max_uid + 1)
+            if info.exists:
+                res.added = [m for m in self.fetch_meta(f"{start}:*") if m.uid >= start]
+        if use_qresync:
+            res.removed = set(self.vanished)
+            res.flags = dict(self.flag_changes)
+            return res
+        if info.exists != known.count + len(res.added):
+            res.present = set()
+            if info.exists:
+                for uid, _it in self.uid_fetch("1:*", "(UID)"):
+                    res.present.add(uid)
+        if ("CONDSTORE" in self.capabilities and known.highestmodseq and info.highestmodseq
+                and info.highestmodseq != known.highestmodseq and info.exists):
+            for uid, it in self.uid_fetch("1:*", f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"):
+                fl = it.get(b"FLAGS")
+                if isinstance(fl, list):
+                    res.flags[uid] = tuple(_flag_str(f) for f in fl if f is not None)
+        return res
+
+    def status(self, name: bytes) -> Status:
+        items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
+
+        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            i.untagged_responses.pop("STATUS", None)
+            typ, dat = i._simple_command("STATUS", imapproto.quote(name), f"({items})")
+            return typ, [dat, i.untagged_responses.pop("STATUS", [])]
+
+        typ, (dat, lines) = self._cmd("STATUS", do)
+        self._check(f"STATUS {name!r}", typ, dat)
+        for st_name, st in parse_status(lines):
+            if st_name == name:
+                return st
+        raise ProtocolError(f"no STATUS reply for {name!r}")
+
+    def list_status(self) -> tuple[list[imapproto.ListEntry], dict[bytes, Status]]:
+        """LIST with STATUS of every folder in one command (RFC 5819), or plain LIST."""
+        if "LIST-STATUS" not in self.capabilities:
+            return self.list_folders(), {}
+        items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
+
+        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            for k in ("LIST", "STATUS"):
+                i.untagged_responses.pop(k, None)
+            special = " SPECIAL-USE" if "SPECIAL-USE" in self.capabilities else ""
+            typ, dat = i._simple_command("LIST", '""', "*", "RETURN", f"(STATUS ({items}){special})")
+            return typ, [dat, i.untagged_responses.pop("LIST", []), i.untagged_responses.pop("STATUS", [])]
+
+        typ, (dat, lists, statuses) = self._cmd("LIST-STATUS", do)
+        self._check("LIST RETURN (STATUS)", typ, dat)
+        return imapproto.parse_list(d for d in lists if d is not None), dict(parse_status(statuses))
 
     def fetch_meta(self, uidset: str) -> list[RawMeta]:
         out: list[RawMeta] = []
@@ -540,6 +640,41 @@ class Connection:
             if u == uid:
                 return it
         raise NotFound(f"message UID {uid} is gone from {name.decode('ascii', 'replace')}")
+
+
+def parse_status(lines: Iterable) -> Iterable[tuple[bytes, Status]]:
+    """``* STATUS name (MESSAGES 3 UIDNEXT 9 ...)`` data → (name, Status); bad lines skipped."""
+    chunks: list = []
+    for d in lines:
+        if d is None:
+            continue
+        chunks.append(d)
+        if isinstance(d, tuple):
+            continue  # a literal name: its tail follows
+        try:
+            vals = imapproto.parse(chunks)
+        except ProtocolError:
+            chunks = []
+            continue
+        chunks = []
+        if len(vals) != 2 or not isinstance(vals[1], list):
+            continue
+        name = vals[0] if isinstance(vals[0], bytes) else str(vals[0]).encode()
+        kv = vals[1]
+        st = Status()
+        for k, v in zip(kv[::2], kv[1::2]):
+            if not isinstance(k, bytes) or not isinstance(v, int):
+                continue
+            key = k.upper()
+            if key == b"MESSAGES":
+                st.messages = v
+            elif key == b"UIDNEXT":
+                st.uidnext = v
+            elif key == b"UIDVALIDITY":
+                st.uidvalidity = v
+            elif key == b"HIGHESTMODSEQ":
+                st.highestmodseq = v
+        yield name, st
 
 
 class Pool:

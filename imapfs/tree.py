@@ -49,7 +49,7 @@ from .errors import (
 )
 from .imapproto import format_uid_set
 from .pending import PendingFile
-from .session import Connection, Pool, RawMeta, SyncResult
+from .session import Connection, Known, Pool, RawMeta, Status, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,16 @@ class Msg:
         return ("M", self.folder.path, self.uidvalidity, self.uid)
 
 
+def _status_differs(st: FolderState, status: Status | None) -> bool:
+    if status is None:
+        return False
+    return ((status.uidvalidity is not None and status.uidvalidity != st.uidvalidity)
+            or (status.uidnext is not None and status.uidnext != st.uidnext)
+            or (status.messages is not None and status.messages != st.exists)
+            or (status.highestmodseq is not None and st.highestmodseq is not None
+                and status.highestmodseq != st.highestmodseq))
+
+
 def _stem(meta: RawMeta) -> str:
     when = datetime.datetime.fromtimestamp(meta.internaldate, datetime.timezone.utc)
     return naming.message_stem(meta.uid, when, naming.decode_subject(meta.subject))
@@ -126,6 +136,7 @@ class FolderState:
     uidnext: int | None
     exists: int
     msgs: dict[int, Msg] = field(default_factory=dict)
+    highestmodseq: int | None = None
     uids: list[int] = field(default_factory=list)  # sorted
     checked: float = 0.0
     # sequential-read detection for body prefetch
@@ -154,6 +165,8 @@ class Folder:
         self.lock = trio.Lock()
         self.inode = ROOT_INODE if not path else 0
         self.gone = False
+        self.last_used = 0.0  # clock() of the last listing, lookup or read: "in use" for change tracking
+        self.open_files = 0
         self.pending: dict[str, PendingFile] = {}  # files being written, by the writer's name
         self.aliases: dict[str, Msg] = {}  # writers' names of messages stored during this mount
 
@@ -258,6 +271,37 @@ class Tree:
 
     # -- folders ------------------------------------------------------------
 
+    def folders(self) -> list[Folder]:
+        out: list[Folder] = []
+        stack = list(self.root.children.values())
+        while stack:
+            f = stack.pop()
+            out.append(f)
+            stack.extend(f.children.values())
+        return out
+
+    async def poll_all(self) -> list[Folder]:
+        """One round over every folder: LIST (with STATUS where the server can) → folders that changed."""
+        async with self._folders_lock:
+            entries, statuses = await self.pool.run(Connection.list_status)
+            self._apply_list(entries)
+            self._folders_checked = self.clock()
+        changed = []
+        for f in self.folders():
+            st = f.state
+            if st is None or f.raw is None:
+                continue
+            status = statuses.get(f.raw)
+            if status is None:
+                raw = f.raw
+                try:
+                    status = await self.pool.run(lambda c: c.status(raw))
+                except (NotFound, CommandFailed):
+                    continue
+            if _status_differs(st, status):
+                changed.append(f)
+        return changed
+
     async def refresh_folders(self, force: bool = False) -> None:
         """LIST all folders and reconcile the directory tree (at most every ``revalidate`` s)."""
         if not force and self.clock() - self._folders_checked < self.revalidate:
@@ -344,32 +388,43 @@ class Tree:
             if not force and st is not None and self.clock() - st.checked < self.revalidate:
                 return st
             raw = folder.raw
-            known = (st.uidvalidity, len(st.msgs), st.uidnext) if st else (None, 0, None)
-            res: SyncResult = await self.pool.run(lambda c: c.sync(raw, *known), folder=raw)
+            known = Known(st.uidvalidity, len(st.msgs), st.uidnext, st.highestmodseq,
+                          st.uids[-1] if st.uids else 0) if st else None
+            res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known), folder=raw)
             if folder.raw != raw or folder.gone:
                 return folder.state
             if res.reset or st is None:
                 if st is not None:
-                    log.warning("UIDVALIDITY of %s changed from %d to %d: dropping its cached state",
-                                raw, st.uidvalidity, res.info.uidvalidity)
+                    log.warning("UIDVALIDITY of %s changed from %d to %d: its cached messages are void; "
+                                "names are recomputed and nothing is deleted on the server",
+                                raw.decode("ascii", "replace"), st.uidvalidity, res.info.uidvalidity)
                 self._drop_messages(folder)
                 st = FolderState(res.info.uidvalidity, res.info.uidnext, res.info.exists)
                 self._add(folder, st, res.added)
                 folder.state = st
             else:
-                st.exists = res.info.exists
+                gone = set(res.removed)
                 if res.present is not None:
-                    for uid in [u for u in st.msgs if u not in res.present]:
-                        m = st.msgs.pop(uid)
+                    gone |= {u for u in st.msgs if u not in res.present}
+                for uid in gone:
+                    m = st.msgs.pop(uid, None)
+                    if m is not None:
                         self._drop(m, folder.inode, m.name)
-                    st.uids = sorted(st.msgs)
-                    new = sorted(res.present - st.msgs.keys())
-                    if new:
+                self._add(folder, st, [a for a in res.added if a.uid not in gone])
+                for uid, fl in res.flags.items():
+                    m = st.msgs.get(uid)
+                    if m is not None:
+                        m.flags = fl
+                if res.present is not None:
+                    missing = sorted(res.present - st.msgs.keys())
+                    if missing:  # present but never fetched (e.g. UIDs below UIDNEXT we missed)
                         added = await self.pool.run(
-                            lambda c: (c.ensure_selected(raw, st.uidvalidity), c.fetch_meta(format_uid_set(new)))[1],
-                            folder=raw)
+                            lambda c: (c.ensure_selected(raw, st.uidvalidity),
+                                       c.fetch_meta(format_uid_set(missing)))[1], folder=raw)
                         self._add(folder, st, added)
+                st.exists = res.info.exists
                 st.uidnext = res.info.uidnext
+            st.highestmodseq = res.info.highestmodseq
             st.checked = self.clock()
             return st
 
@@ -389,6 +444,7 @@ class Tree:
     # -- lookups and listings -----------------------------------------------
 
     async def lookup(self, parent: Folder, name: str) -> Node:
+        parent.last_used = self.clock()
         child = parent.children.get(name)
         if child is not None:
             return child
@@ -423,6 +479,7 @@ class Tree:
         Cookies are stable across changes: child folders by position, messages
         by UID, so a listing that spans a change never skips or repeats one.
         """
+        folder.last_used = self.clock()
         await self.refresh_folders()
         st = await self.sync(folder)
         out: list[tuple[int, str, Node]] = []
@@ -510,6 +567,7 @@ class Tree:
             f.done.set()
 
     def _note_read(self, m: Msg) -> None:
+        m.folder.last_used = self.clock()
         st = m.folder.state
         if st is None or st.uidvalidity != m.uidvalidity:
             return
@@ -569,7 +627,7 @@ class Tree:
                 fetches[n.uid].done.set()
         f = fetches[m.uid]
         if f.error is not None:
-            log.error("%s", f.error)
+            log.info("%s (expunged by another client?)", f.error)
             raise f.error
         assert f.data is not None
         return f.data
@@ -963,7 +1021,17 @@ class Tree:
                 raise NotEmpty(name)
         raw = f.raw or self._server_name(f.path)
         await self.pool.deselect_everywhere(raw)
-        await self.pool.run(lambda c: c.delete(raw), retry=False)
+        try:
+            await self.pool.run(lambda c: c.delete(raw), retry=False)
+        except (CommandFailed, NotFound):
+            if f.selectable:
+                raise
+            # An implied parent (\Noselect) may not exist as a mailbox at all:
+            # gone from LIST is what rmdir asked for.
+            await self.refresh_folders(force=True)
+            if name in parent.children:
+                raise
+            return
         try:
             await self.pool.run(lambda c: c.unsubscribe(raw))
         except CommandFailed:

@@ -121,7 +121,7 @@ def test_defaults():
     assert cfg.foreground is cfg.debug is cfg.read_only is cfg.noparts is False
     assert cfg.allow_other is cfg.allow_root is False
     assert cfg.cafile is cfg.password_file is cfg.password_command is cfg.logfile is None
-    assert (cfg.timeout, cfg.poll, cfg.connections) == (30.0, 5.0, 4)
+    assert (cfg.timeout, cfg.poll, cfg.connections) == (30.0, 60.0, 4)  # poll: folders not in use
     assert cfg.mem_cache == 128 << 20
     assert cfg.fuse_options == set()
 

@@ -1,0 +1,340 @@
+"""Change tracking: learn what other clients did, then sync only what changed.
+
+Three sources, best first (docs/change-tracking.md):
+
+* push on a dedicated connection: NOTIFY (RFC 5465) reports new/expunged
+  messages, flag changes and folder renames for every folder; without
+  NOTIFY, IDLE (RFC 2177) watches one folder — the one in use — renewed
+  every 25 minutes;
+* STATUS polling every ``hot_poll`` seconds of the folders in use that the
+  push does not cover (INBOX, folders listed or read in the last minute,
+  folders with open files);
+* a full round every ``poll`` seconds: one ``LIST ... RETURN (STATUS ...)``
+  (RFC 5819) where the server has LIST-STATUS, which also catches folders
+  created, deleted or renamed by others.
+
+A folder whose STATUS differs from what the tree knows is synced at once,
+incrementally (QRESYNC/CONDSTORE where available, see Connection.sync), and
+the tree invalidates the kernel's entries for whatever vanished.
+
+The push connection is read by its own thread with a private line buffer
+and a short socket timeout (imaplib's buffered file must not see a timeout),
+and it only ever reads and writes its own socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import imapproto
+from .errors import ImapfsError, ProtocolError
+from .session import Account, Connection, parse_status
+from .tree import Folder, Tree, _status_differs
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
+NOOP_EVERY = 10 * 60
+HOT_SECONDS = 60.0
+TICK = 1.0
+
+Event = tuple  # ("folder", raw_name) | ("folders",)
+
+
+class _Reader:
+    """Responses from a socket with our own buffer, so timeouts lose nothing."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self, timeout: float) -> bool:
+        pending = getattr(self.sock, "pending", None)
+        self.sock.settimeout(timeout if not (pending and pending()) else 0.5)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            return False
+        if not data:
+            raise EOFError("connection closed by the server")
+        self.buf += data
+        return True
+
+    def line(self, timeout: float) -> bytes | None:
+        while b"\r\n" not in self.buf:
+            if not self._fill(timeout):
+                return None
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def response(self, timeout: float) -> list | None:
+        """One response as imaplib shapes it: ``[(head, literal), ..., tail]``."""
+        line = self.line(timeout)
+        if line is None:
+            return None
+        out: list = []
+        while line.endswith(b"}") and b"{" in line:
+            try:
+                n = int(line[line.rindex(b"{") + 1:-1].rstrip(b"+"))
+            except ValueError:
+                break
+            while len(self.buf) < n:
+                if not self._fill(30.0):
+                    raise ProtocolError("literal did not arrive")
+            lit, self.buf = self.buf[:n], self.buf[n:]
+            out.append((line, lit))
+            nxt = self.line(30.0)
+            if nxt is None:
+                raise ProtocolError("response did not end")
+            line = nxt
+        out.append(line)
+        return out
+
+
+class PushListener:
+    """A thread that keeps one NOTIFY or IDLE session and reports events."""
+
+    def __init__(self, account: Account, capabilities: frozenset[str], report: Callable[[Event], None]) -> None:
+        self.account = account
+        self.mode = "notify" if "NOTIFY" in capabilities else "idle" if "IDLE" in capabilities else None
+        self.report = report
+        self.target: bytes = b"INBOX"  # IDLE mode: the folder to watch
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._tag = 0
+
+    def covers(self, folder: bytes) -> bool:
+        return self.mode == "notify" or (self.mode == "idle" and folder == self.target)
+
+    def stop(self) -> None:
+        self._stop.set()
+        s = self._sock
+        if s is not None:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def run(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = 1.0
+            except (ImapfsError, OSError, EOFError, ProtocolError) as e:
+                if self._stop.is_set():
+                    return
+                log.info("push connection (%s): %s; reconnecting in %.0f s", self.mode, e, delay)
+                self._stop.wait(delay)
+                delay = min(60.0, delay * 2)
+            except Exception:  # noqa: BLE001 - a bug here must not end change tracking
+                log.exception("push listener failed")
+                self._stop.wait(delay)
+                delay = min(60.0, delay * 2)
+
+    def _send(self, cmd: bytes) -> bytes:
+        self._tag += 1
+        tag = b"W%d" % self._tag
+        assert self._sock is not None
+        self._sock.sendall(tag + b" " + cmd + b"\r\n")
+        return tag
+
+    def _wait_tagged(self, reader: _Reader, tag: bytes) -> None:
+        deadline = time.monotonic() + self.account.timeout
+        while time.monotonic() < deadline:
+            resp = reader.response(TICK)
+            if resp is None:
+                if self._stop.is_set():
+                    return
+                continue
+            tail = resp[-1]
+            if tail.startswith(tag + b" "):
+                if not tail[len(tag) + 1:].upper().startswith(b"OK"):
+                    raise ProtocolError(f"watcher command refused: {tail!r}")
+                return
+            self._handle(resp)
+        raise ProtocolError("watcher command timed out")
+
+    def _session(self) -> None:
+        if self.mode is None:
+            self._stop.wait()
+            return
+        conn = Connection(self.account)
+        conn.open()
+        imap = conn.imap
+        assert imap is not None
+        self._sock = imap.sock
+        reader = _Reader(imap.sock)
+        try:
+            if self.mode == "notify":
+                tag = self._send(b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))")
+                self._wait_tagged(reader, tag)
+                log.debug("watching every folder with NOTIFY")
+                last = time.monotonic()
+                while not self._stop.is_set():
+                    resp = reader.response(TICK)
+                    if resp is not None:
+                        self._handle(resp)
+                    if time.monotonic() - last > NOOP_EVERY:
+                        self._wait_tagged(reader, self._send(b"NOOP"))
+                        last = time.monotonic()
+            else:
+                while not self._stop.is_set():
+                    self._idle(reader)
+        finally:
+            self._sock = None
+            conn.broken = True
+            conn.close()
+
+    def _idle(self, reader: _Reader) -> None:
+        target = self.target
+        self._current = target
+        self._wait_tagged(reader, self._send(b"EXAMINE " + imapproto.quote(target)))
+        tag = self._send(b"IDLE")
+        while True:  # the continuation
+            resp = reader.response(self.account.timeout)
+            if resp is None:
+                raise ProtocolError("no answer to IDLE")
+            if resp[-1].startswith(b"+"):
+                break
+            if resp[-1].startswith(tag + b" "):
+                raise ProtocolError(f"IDLE refused: {resp[-1]!r}")
+            self._handle(resp)
+        log.debug("IDLE on %r", target)
+        started = time.monotonic()
+        while not self._stop.is_set() and self.target == target and time.monotonic() - started < IDLE_RENEW:
+            resp = reader.response(TICK)
+            if resp is not None:
+                self._handle(resp)
+        assert self._sock is not None
+        self._sock.sendall(b"DONE\r\n")
+        self._wait_tagged(reader, tag)
+
+    def _handle(self, resp: list) -> None:
+        first = resp[0][0] if isinstance(resp[0], tuple) else resp[0]
+        if not first.startswith(b"* "):
+            return
+        words = first[2:].split(b" ", 2)
+        kind = words[0].upper()
+        if kind == b"BYE":
+            raise EOFError(first.decode("utf-8", "replace"))
+        if kind == b"STATUS":
+            head = resp[0]
+            start = len(b"* STATUS ")
+            chunks = [(head[0][start:], head[1]) if isinstance(head, tuple) else head[start:]] + resp[1:]
+            for name, _st in parse_status(chunks):
+                self.report(("folder", name))
+            return
+        if kind == b"LIST":
+            self.report(("folders",))
+            return
+        if kind == b"VANISHED" or (len(words) > 1 and words[1].upper() in (b"EXISTS", b"EXPUNGE", b"FETCH")):
+            if self.mode == "idle":
+                self.report(("folder", self._current))
+
+
+class Watcher:
+    """Drives syncs from push events, STATUS of folders in use, and periodic full rounds."""
+
+    def __init__(self, tree: Tree, account: Account, *, poll: float = 60.0, hot_poll: float = 2.0) -> None:
+        self.tree = tree
+        self.account = account
+        self.poll = max(0.5, poll)
+        self.hot_poll = max(0.5, min(hot_poll, self.poll))
+        self.listener: PushListener | None = None
+
+    def hot_folders(self) -> list[Folder]:
+        now = self.tree.clock()
+        out = []
+        for f in self.tree.folders():
+            if f.state is None or f.raw is None:
+                continue
+            if f.path == ("INBOX",) or f.open_files > 0 or now - f.last_used < HOT_SECONDS:
+                out.append(f)
+        return out
+
+    async def run(self) -> None:
+        send, recv = trio.open_memory_channel[Event](1000)
+        token = trio.lowlevel.current_trio_token()
+
+        def report(ev: Event) -> None:
+            try:
+                trio.from_thread.run_sync(send.send_nowait, ev, trio_token=token)
+            except (trio.WouldBlock, trio.RunFinishedError):
+                pass  # the periodic rounds will catch up
+
+        self.listener = PushListener(self.account, self.tree.caps, report)
+        thread = threading.Thread(target=self.listener.run, name="imapfs-push", daemon=True)
+        thread.start()
+        clock = self.tree.clock
+        next_full = clock() + self.poll
+        next_hot = clock() + self.hot_poll
+        try:
+            while True:
+                dirty: set[bytes] = set()
+                folders_changed = False
+                with trio.move_on_at(trio.current_time() + max(0.0, min(next_full, next_hot) - clock())):
+                    ev = await recv.receive()
+                    await trio.sleep(0.05)  # let a burst of events arrive: one sync for all
+                    while True:
+                        if ev[0] == "folder":
+                            dirty.add(ev[1])
+                        else:
+                            folders_changed = True
+                        try:
+                            ev = recv.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                try:
+                    await self._round(dirty, folders_changed, clock() >= next_hot, clock() >= next_full)
+                except ImapfsError as e:
+                    log.debug("change tracking round failed: %s", e)
+                except Exception:  # noqa: BLE001 - never let this end the mount
+                    log.exception("change tracking round failed")
+                now = clock()
+                if now >= next_hot:
+                    next_hot = now + self.hot_poll
+                if now >= next_full:
+                    next_full = now + self.poll
+        finally:
+            self.listener.stop()
+
+    async def _round(self, dirty: set[bytes], folders_changed: bool, hot: bool, full: bool) -> None:
+        tree = self.tree
+        listener = self.listener
+        assert listener is not None
+        todo: dict[bytes, Folder] = {}
+        by_raw = {f.raw: f for f in tree.folders() if f.raw is not None}
+        dirty |= tree.pool.changed_folders()
+        for raw in dirty:
+            f = by_raw.get(raw)
+            if f is not None and f.state is not None:
+                todo[raw] = f
+        if folders_changed:
+            await tree.refresh_folders(force=True)
+        if full:
+            for f in await tree.poll_all():
+                todo[f.raw] = f  # type: ignore[index]
+        elif hot:
+            for f in self.hot_folders():
+                if listener.covers(f.raw) or f.raw in todo:  # type: ignore[arg-type]
+                    continue
+                raw = f.raw
+                assert raw is not None
+                status = await tree.pool.run(lambda c: c.status(raw))
+                if f.state is not None and _status_differs(f.state, status):
+                    todo[raw] = f
+        for f in todo.values():
+            if not f.gone and f.state is not None:
+                await tree.sync(f, force=True)
+        hot_now = self.hot_folders()
+        if listener.mode == "idle" and hot_now:
+            best = max(hot_now, key=lambda f: (f.open_files > 0, f.last_used))
+            listener.target = best.raw  # type: ignore[assignment]

@@ -1,0 +1,219 @@
+"""Other clients change the mailbox while it is mounted.
+
+A second IMAP connection plays the phone/webmail. Every change must show in
+the mount within the stated time (5 s for folders in use, ``poll`` for the
+rest), and no name may ever show another message's bytes. Runs against full
+Dovecot (NOTIFY, QRESYNC) and the IDLE-only profile (polling, full resync).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import dovecot as dv
+from tests.support.dovecot import Dovecot
+from tests.support.mount import Mount
+from tests.test_write import eventually, msg
+
+PROFILES = {"full": dv.FULL, "idle-only": dv.IDLE_ONLY}
+IN_USE = 5.0  # seconds: the issue's bound for folders in use
+POLL = 8  # -o poll= for the tests: the bound for folders nobody looks at
+
+
+@pytest.fixture(scope="module", params=list(PROFILES))
+def env(request, tmp_path_factory):
+    with Dovecot(capabilities=PROFILES[request.param]) as d:
+        mp = tmp_path_factory.mktemp("mnt")
+        with Mount(d.url("imap"), mp, ["tls=off", f"poll={POLL}"], password=d.password) as m:
+            yield d, m
+
+
+def names(m: Mount, folder: str) -> list[str]:
+    return sorted(n for n in os.listdir(m.path(folder)) if n.endswith(".eml"))
+
+
+def by_uid(m: Mount, folder: str) -> dict[int, Path]:
+    try:
+        listed = names(m, folder)
+    except FileNotFoundError:  # e.g. between another client's DELETE and CREATE
+        return {}
+    return {int(re.search(r"#(\d+)\.eml$", n).group(1)): m.path(folder, n) for n in listed}
+
+
+def within(seconds: float, fn):
+    return eventually(fn, timeout=seconds + 1.0, interval=0.1)
+
+
+def fresh(d: Dovecot, m: Mount, name: str) -> str:
+    d.create(name)
+    within(IN_USE, lambda: m.path(name).is_dir())
+    return name
+
+
+def test_append_by_other_client_shows(env):
+    d, m = env
+    f = fresh(d, m, "Append")
+    assert names(m, f) == []
+    uid = d.append(f, msg("other-append", "from phone"))
+    p = within(IN_USE, lambda: by_uid(m, f).get(uid))
+    assert p.read_bytes() == d.fetch_all(f)[uid]
+
+
+def test_expunge_by_other_client_removes_name(env):
+    d, m = env
+    f = fresh(d, m, "Expunge")
+    keep = d.append(f, msg("keep"))
+    gone = d.append(f, msg("gone"))
+    paths = within(IN_USE, lambda: by_uid(m, f) if len(by_uid(m, f)) == 2 else None)
+    old = paths[gone]
+    os.stat(old)  # the kernel now holds this name
+    c = d.client()
+    c.select(f)
+    c.uid("STORE", str(gone), "+FLAGS", "(\\Deleted)")
+    c.uid("EXPUNGE", str(gone))
+    c.logout()
+    within(IN_USE, lambda: not old.exists())  # invalidated in the kernel, not just unlisted
+    assert list(by_uid(m, f)) == [keep]
+
+
+def test_flag_change_by_other_client(env):
+    d, m = env
+    f = fresh(d, m, "Flags")
+    uid = d.append(f, msg("flagme"))
+    p = within(IN_USE, lambda: by_uid(m, f).get(uid))
+    assert "\\Flagged" not in os.getxattr(p, "user.imap.flags").decode()
+    c = d.client()
+    c.select(f)
+    c.uid("STORE", str(uid), "+FLAGS", "(\\Flagged $Phone)")
+    c.logout()
+    within(IN_USE, lambda: {"\\Flagged", "$Phone"} <= set(os.getxattr(p, "user.imap.flags").decode().split()))
+
+
+def test_folder_create_delete_rename_by_other_client(env):
+    d, m = env
+    d.create("Made/Elsewhere")
+    within(IN_USE, lambda: m.path("Made", "Elsewhere").is_dir())
+    c = d.client()
+    assert c.rename("Made/Elsewhere", "Made/Renamed")[0] == "OK"
+    c.logout()
+    within(IN_USE, lambda: m.path("Made", "Renamed").is_dir() and not m.path("Made", "Elsewhere").exists())
+    c = d.client()
+    assert c.delete("Made/Renamed")[0] == "OK"  # Dovecot drops the implied parent by itself
+    c.logout()
+    within(IN_USE, lambda: not m.path("Made").exists())
+
+
+def test_uidvalidity_change_recomputes_everything(env):
+    d, m = env
+    f = fresh(d, m, "Rebuilt")
+    old_uid = d.append(f, msg("old-1", "old message", "OLD BYTES"))
+    old = within(IN_USE, lambda: by_uid(m, f).get(old_uid))
+    old_ino = os.stat(old).st_ino
+    assert b"OLD BYTES" in old.read_bytes()
+    c = d.client()
+    assert c.delete(f)[0] == "OK"
+    c.logout()
+    time.sleep(1.1)  # Dovecot's UIDVALIDITY is a timestamp: make sure it changes
+    d.create(f)
+    new_uid = d.append(f, msg("new-1", "old message", "NEW BYTES"))
+    assert new_uid == old_uid  # the same UID now names another message
+
+    def rebuilt():
+        p = by_uid(m, f).get(new_uid)
+        return p if p is not None and os.stat(p).st_ino != old_ino else None
+
+    p = within(IN_USE + 2, rebuilt)
+    assert b"NEW BYTES" in p.read_bytes() and b"OLD BYTES" not in p.read_bytes()
+    # Either the folder was seen to vanish and return, or its UIDVALIDITY change was noticed.
+    assert "UIDVALIDITY" in m.log() or "is gone from the server" in m.log()
+
+
+def test_kernel_forgets_expunged_name_without_any_listing(env):
+    """The background path: nobody lists the folder again, yet the cached name goes."""
+    d, m = env
+    f = fresh(d, m, "Cold")
+    uid = d.append(f, msg("cold"))
+    p = within(IN_USE, lambda: by_uid(m, f).get(uid))
+    os.stat(p)
+    c = d.client()
+    c.select(f)
+    c.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+    c.uid("EXPUNGE", str(uid))
+    c.logout()
+    # no listing: only the watcher can make the kernel forget this name
+    eventually(lambda: not os.path.exists(p), timeout=POLL + IN_USE + 2, interval=0.2)
+
+
+def test_soak_churn_while_walking(env, tmp_path):
+    """A bounded churn (30 s per profile, a minute in all; IMAPFS_SOAK_SECONDS to change):
+    appends, expunges and flag flips against find/cat walks."""
+    d, m = env
+    f = fresh(d, m, "Churn")
+    truth: dict[int, bytes] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def churn():
+        rng = random.Random(7)
+        c = d.client()
+        c.select(f)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            act = rng.random()
+            with lock:
+                live = list(truth)
+            if act < 0.5 or len(live) < 5:
+                body = msg(f"churn-{n}", f"churn {n}", f"token-{n} " + "x" * rng.randint(0, 3000))
+                uid = d.append(f, body)
+                with lock:
+                    truth[uid] = d.fetch_all(f).get(uid, body)
+            elif act < 0.8:
+                uid = rng.choice(live)
+                c.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+                c.uid("EXPUNGE", str(uid))
+            else:
+                uid = rng.choice(live)
+                c.uid("STORE", str(uid), "+FLAGS", "(\\Flagged)")
+            time.sleep(0.02)
+        c.logout()
+
+    t = threading.Thread(target=churn)
+    t.start()
+    deadline = time.monotonic() + float(os.environ.get("IMAPFS_SOAK_SECONDS", "30"))
+    reads = 0
+    try:
+        while time.monotonic() < deadline:
+            for root, _dirs, files in os.walk(m.path(f)):
+                for name in files:
+                    p = Path(root) / name
+                    try:
+                        data = p.read_bytes()
+                    except OSError as e:
+                        if e.errno not in (errno.ENOENT, errno.ESTALE):
+                            errors.append(f"{name}: {e}")
+                        continue
+                    mo = re.search(r"#(\d+)\.eml$", name)
+                    if mo:
+                        reads += 1
+                        with lock:
+                            want = truth.get(int(mo.group(1)))
+                        if want is not None and data != want:
+                            errors.append(f"{name}: bytes differ from the server's")
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:10]
+    assert reads > 20
+    # and at the end the listing matches the server
+    server = set(d.fetch_all(f))
+    within(IN_USE, lambda: set(by_uid(m, f)) == server)
