@@ -111,7 +111,12 @@ def check_mountpoint(path: str) -> None:
 
 def fuse_options(cfg: cli.Config) -> set[str]:
     opts = set(pyfuse3.default_options)
-    opts |= {f"fsname={cfg.source}", "subtype=imapfs", "noatime"}
+    opts.add("noatime")
+    given = {o.split("=", 1)[0] for o in cfg.fuse_options}
+    if "fsname" not in given:
+        opts.add(f"fsname={cfg.source}")
+    if "subtype" not in given:
+        opts.add("subtype=imapfs")
     if cfg.read_only:
         opts.add("ro")
     if cfg.allow_other:
@@ -120,6 +125,11 @@ def fuse_options(cfg: cli.Config) -> set[str]:
         opts.add("allow_root")
     opts |= {o for o in cfg.fuse_options}
     return opts
+
+
+def default_logfile() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "imapfs", "imapfs.log")
 
 
 def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
@@ -137,7 +147,14 @@ def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("imapfs[%(process)d]: %(levelname)s %(name)s: %(message)s"))
     else:
-        handler = logging.NullHandler()
+        # No syslog (containers, minimal systems): a file, so errors are never lost.
+        path = default_logfile()
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        except OSError:
+            handler = logging.NullHandler()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if cfg.debug else logging.INFO)
     # pyfuse3 logs every request at DEBUG; keep it at INFO unless asked twice.

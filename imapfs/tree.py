@@ -62,7 +62,8 @@ _COOKIE_MESSAGES = 1 << 33
 _FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[^\s(){%*\"\\\]\x00-\x1f\x7f]+)$", re.I)
 _COOKIE_PENDING = 1 << 60
 PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
-APPEND_QUIET = 0.5  # seconds a released file waits for rsync's utimens/setxattr/rename
+APPEND_QUIET = 0.5
+REFUSED_APPEND_TRIES = 3  # a server that answers NO this often will not change its mind  # seconds a released file waits for rsync's utimens/setxattr/rename
 
 
 class Notifier(Protocol):
@@ -962,6 +963,15 @@ class Tree:
         except Exception as e:  # noqa: BLE001 - keep the bytes, retry later
             p.failures += 1
             p.last_error = str(e)
+            if isinstance(e, CommandFailed) and p.failures >= REFUSED_APPEND_TRIES:
+                # The server keeps saying NO (e.g. "Can't save a zero byte message"):
+                # retrying forever helps nobody; keep the bytes where the user can find them.
+                path = p.save_copy(self.unsent_dir)
+                log.error("the server refused to store %s in %s %d times (%s); its bytes are saved in %s",
+                          p.name or "an edited message", p.folder.raw, p.failures, e, path)
+                self._discard(p)
+                self.notifier.entry_removed(p.folder.inode, p.name)
+                return
             delay = min(60.0, 2.0 ** min(p.failures, 6))
             p.ready_at = self.clock() + delay
             log.error("could not store %s in %s: %s (will retry in %.0f s)",

@@ -245,3 +245,10 @@ def _wait_gone(pid: int, timeout: float = 15) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"daemon {pid} still running after unmount")
+
+
+def test_fsname_and_subtype_options_override_defaults(server, mp):
+    with mount_dovecot(server, mp, options=["fsname=mymail", "subtype=mailfs"]) as m:
+        assert len(_eml(m)) == 3
+        line = [l for l in Path("/proc/self/mounts").read_text().splitlines() if f" {mp} " in f" {l} "]
+        assert line and line[0].split()[0] == "mymail" and line[0].split()[2] == "fuse.mailfs"

@@ -171,3 +171,20 @@ def test_rm_with_trash_auto_moves_to_trash(rig):
     t.unlink()  # in the trash itself, rm deletes for good
     assert message_ids(d, "Trash") == []
     assert re.search(rb"UID EXPUNGE \d+", proxy.client_bytes())
+
+
+def test_refused_append_is_saved_not_retried_forever(tmp_path):
+    """Dovecot refuses zero-byte messages: after a few NOs the bytes go to the unsent folder."""
+    with Dovecot() as d:
+        mp = tmp_path / "m"
+        mp.mkdir()
+        cache = tmp_path / "cache"
+        with Mount(d.url("imap"), mp, ["tls=off"], password=d.password,
+                   env_extra={"XDG_CACHE_HOME": str(cache)},
+                   allowed_errors=[r"could not store", r"refused to store"]) as m:
+            m.path("INBOX", "empty.eml").write_bytes(b"")
+            eventually(lambda: "saved in" in m.log(), timeout=30)
+            eventually(lambda: not m.path("INBOX", "empty.eml").exists())
+        saved = list((cache / "imapfs" / "unsent").glob("unsent-*.eml"))
+        assert len(saved) == 1 and saved[0].read_bytes() == b""
+        assert message_ids(d, "INBOX") == []
