@@ -368,6 +368,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, PendingFile) and node.dirty and not node.gone:
             await self.tree.commit(node)  # the caller hears if the server refused it
 
+    @_guarded
     async def release(self, fh: int) -> None:
         try:
             node = self.tree.node(fh)

@@ -221,10 +221,6 @@ def _body_header(key: bytes, data: bytes) -> bytes:
             + struct.pack(">Q", len(data)) + hashlib.sha256(data).digest())
 
 
-def _header_len(key: bytes) -> int:
-    return len(BODY_MAGIC) + 2 + len(key) + 8 + 32
-
-
 def _verify_body(key: bytes, buf: bytes) -> bytes | None:
     """The data of a body file if its header names *key* and its bytes check out."""
     n = len(BODY_MAGIC)
@@ -909,7 +905,7 @@ class Store:
                 targets = set(moves.values())
                 for fid, n, token in rows:
                     if n in targets and fid not in moves:
-                        pass
+                        files += self._drop_bodies(con, fid, token)
                         con.execute("DELETE FROM messages WHERE folder=?", (fid,))
                         con.execute("DELETE FROM folders WHERE id=?", (fid,))
                 # two phases, so that no intermediate name collides
@@ -1171,9 +1167,15 @@ class Store:
                     kept_dir = self.root / "journal-kept"
                     _mkdirs(kept_dir)
                     kept = kept_dir / f"{seq}-{blob}"
-                    os.link(self.blobs_dir / blob, kept)
-                    _fsync_dir(kept_dir)
-                    outcome = f"{outcome} (message kept in {kept})"
+                    _unlink(kept)  # left by a crash before this commit
+                    try:
+                        os.link(self.blobs_dir / blob, kept)
+                    except FileNotFoundError:
+                        log.error("journal entry %d: its message file %s was already missing", seq, blob)
+                        outcome = f"{outcome} (its message file was missing)"
+                    else:
+                        _fsync_dir(kept_dir)
+                        outcome = f"{outcome} (message kept in {kept})"
                 jcon.execute("DELETE FROM pending WHERE seq=?", (seq,))
                 jcon.execute("INSERT INTO history(seq, op, status, outcome, time, blob, args) VALUES (?,?,?,?,?,?,?)",
                              (seq, op, status, outcome, now, blob, args))
