@@ -147,8 +147,11 @@ def run_cmd(argv, timeout: float, on_timeout=None, stdin=subprocess.DEVNULL,
         if on_timeout is not None:
             with contextlib.suppress(Exception):
                 on_timeout()
-        _kill_group(proc)
-        raise StepError(f"{' '.join(map(str, argv[:3]))}... timed out after {timeout:.0f} s") from None
+        partial = _kill_group(proc)
+        e = StepError(f"{' '.join(map(str, argv[:3]))}... timed out after {timeout:.0f} s")
+        e.partial_stdout = partial
+        e.timeout = timeout
+        raise e from None
     except BaseException:
         _kill_group(proc)
         raise
@@ -156,13 +159,15 @@ def run_cmd(argv, timeout: float, on_timeout=None, stdin=subprocess.DEVNULL,
     return dt, subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen) -> bytes:
+    """Kill the command's process group; return what it had printed."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     try:
-        proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=10)
+        return out or b""
     except (subprocess.TimeoutExpired, ValueError, OSError):
-        pass
+        return b""
 
 
 # --------------------------------------------------------------------------
@@ -1338,7 +1343,10 @@ SyncState *
                 mounts.append(m)
                 with m:
                     cmd_grep = ["grep", "-rl", "--include=*.eml", NEEDLE, str(m.path(FOLDER))]
-                    dt, cp = m.run(cmd_grep)
+                    try:
+                        dt, cp = m.run(cmd_grep)
+                    except StepError as e:
+                        raise StepError(str(e) + self.grep_progress(e, m)) from None
                     hits_note = check_ids(ids_from_mount_paths(grep_lines(cp, label), self.corpus.uid_to_id,
                                                                m.path(FOLDER)),
                                           self.corpus.needles, "mount (cold)")
@@ -1359,6 +1367,22 @@ SyncState *
                               note="after cold grep, warm grep and the big cat")
         for m in mounts:
             self.note_mount(m, key)
+
+    def grep_progress(self, e: StepError, m: MountRun) -> str:
+        """How far a timed-out grep got: the needle hits it printed are spread evenly by UID."""
+        out = getattr(e, "partial_stdout", b"") or b""
+        lines = [l for l in out.decode("utf-8", "surrogateescape").splitlines() if l]
+        try:
+            hits = ids_from_mount_paths(lines, self.corpus.uid_to_id, m.path(FOLDER)).ids
+        except StepError:
+            return ""
+        if not hits:
+            return "; no needle hit printed yet"
+        frac = max(hits) / self.a.n  # bench ids follow UID order
+        t = getattr(e, "timeout", 0)
+        return (f"; had printed {len(hits)} of {len(self.corpus.needles)} hits, up to message "
+                f"{max(hits)} of {self.a.n}: about {100 * frac:.0f}% through, "
+                f"so roughly {t / frac:.0f} s for the whole folder")
 
     def imapfs_after_grep(self, m: MountRun, cmd_grep: list[str]) -> None:
         """Warm grep and the big message's cat, on the mount that just did the cold grep."""
@@ -1433,12 +1457,13 @@ SyncState *
                 continue
         return total
 
-    def imapfs_counts(self, port: int) -> None:
+    def imapfs_counts(self, port: int, where: str = "") -> None:
         """Instrumented mounts: FUSE requests and CPU per ls/grep; py-spy on the cold grep."""
         a, r = self.a, self.r
         n = a.n
 
         def show(key, label, info, extra=""):
+            label += where
             ops = {k: v for k, v in info["requests"].items() if k != "read_bytes"}
             total = sum(ops.values())
             parts = ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
@@ -1591,9 +1616,9 @@ SyncState *
         self.mbsync_figures(port, "", "")
         self.imapfs_ls(port, "", "")
         self.imapfs_grep(port, "", "")
-        if not a.no_count:
+        if not a.no_count and not a.diag_rtt:
             self.imapfs_counts(port)
-        else:
+        elif not a.diag_rtt:
             for k, l in (("fuse_ls_cold", "FUSE requests, cold ls -l (instrumented mount)"),
                          ("fuse_ls_warm", "FUSE requests, warm ls -l (instrumented mount)"),
                          ("fuse_grep_cold", "FUSE requests, cold grep (instrumented mount)"),
@@ -1620,6 +1645,8 @@ SyncState *
             self.mbsync_figures(proxy.port, "_rtt", rtt)
             self.imapfs_ls(proxy.port, "_rtt", rtt)
             self.imapfs_grep(proxy.port, "_rtt", rtt)
+            if a.diag_rtt and not a.no_count:
+                self.imapfs_counts(proxy.port, rtt)
         if a.skip_big:
             r.skip("huge_ls", f"imapfs ls of {a.big_n} messages in one folder (fresh mount)", "--skip-big")
             r.skip("huge_mem", "imapfs memory per message after ls (VmRSS growth / N)", "--skip-big",
@@ -1741,7 +1768,10 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     lines.append("  self time (top):")
     for f, n in self_t.most_common(top):
         lines.append(f"    {100 * n / total:5.1f}%  {f}")
-    lines.append("  inclusive time (top):")
+    lines.append("  inclusive time, imapfs functions (top):")
+    for f, n in [(f, n) for f, n in incl.most_common() if "(imapfs/" in f][:top]:
+        lines.append(f"    {100 * n / total:5.1f}%  {f}")
+    lines.append("  inclusive time, all (top):")
     for f, n in incl.most_common(top):
         lines.append(f"    {100 * n / total:5.1f}%  {f}")
     return "\n".join(lines)
@@ -1763,6 +1793,8 @@ def parse_args(argv=None):
     p.add_argument("--no-targets", action="store_true", help="exit 0 even if targets are missed")
     p.add_argument("--no-count", action="store_true", help="skip the instrumented FUSE request-count mount")
     p.add_argument("--profile", metavar="DIR", help="py-spy the daemon during a cold grep (needs py-spy)")
+    p.add_argument("--diag-rtt", action="store_true",
+                   help="run the instrumented mounts (request counts, py-spy) through the latency proxy")
     p.add_argument("--profile-idle", action="store_true", help="py-spy --idle (include waiting threads)")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
