@@ -800,7 +800,9 @@ class MountRun:
         self.mountpoint = mountpoint
         self.timeout = timeout
         self.count_file = counting
-        env = {}
+        # A fresh cache directory per mount: a persistent offline cache (issue 7)
+        # must not turn the next "fresh" mount into a warm one.
+        env = {"XDG_CACHE_HOME": str(mountpoint.parent / f"{mountpoint.name}.cache")}
         if src is not None:  # --imapfs-rev: the daemon imports that revision's package
             env["PYTHONPATH"] = str(src)
             env["BENCH_IMAPFS_SRC"] = str(src)
