@@ -34,6 +34,10 @@ class ServerUnavailable(ImapfsError):
     """The connection dropped or we are waiting before the next reconnect."""
 
 
+class Offline(ServerUnavailable):
+    """The server is away and the answer is not in the local cache (logged once per folder)."""
+
+
 class ProtocolError(ImapfsError):
     """The server's reply could not be understood or contradicts itself."""
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from .errors import ImapfsError, InvalidArgument, ProtocolError, ReadOnly, Unsupported, errno_for
+from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOnly, Unsupported, errno_for
 from .imapproto import parse_internaldate
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
@@ -66,7 +66,7 @@ def _guarded(fn: F) -> F:
             raise
         except ImapfsError as e:
             code = errno_for(e)
-            if code in _USER_ERRNOS:
+            if code in _USER_ERRNOS or isinstance(e, Offline):  # Offline: the tree logged it per folder
                 log.debug("%s: %s", fn.__name__, e)
             else:
                 log.warning("%s failed: %s", fn.__name__, e)

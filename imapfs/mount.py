@@ -189,8 +189,12 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
             notifier.active = False
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
-            # Files written just before the unmount still go to the server.
-            await tree.flush_all()
+            # Files written just before the unmount still go to the server; a
+            # second Ctrl-C or SIGTERM must not cut that short.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            with trio.CancelScope(shield=True):
+                await tree.flush_all()
     finally:
         await pool.close()
 

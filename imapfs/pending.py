@@ -48,7 +48,16 @@ class PendingFile:
     def size(self) -> int:
         return self._size
 
+    def _reopen(self) -> None:
+        """Written again after it was stored (fsync, then more writes): a new version of it."""
+        if self.committed is not None and not self.committed.gone:
+            self.replaces = self.committed
+            self.flags = None  # take the stored message's flags
+        self.committed = None
+
     def write(self, offset: int, data: bytes) -> int:
+        if self.committed is not None:
+            self._reopen()
         self._buf.seek(offset)
         self._buf.write(data)
         self._size = max(self._size, offset + len(data))
@@ -61,6 +70,8 @@ class PendingFile:
         return self._buf.read(max(0, min(size, self._size - offset)))
 
     def truncate(self, size: int) -> None:
+        if self.committed is not None:
+            self._reopen()
         self._buf.truncate(size)
         if size > self._size:  # extend with zeros like a sparse file would
             self._buf.seek(self._size)

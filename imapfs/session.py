@@ -34,6 +34,7 @@ from .errors import (
     ConnectError,
     Exists,
     ImapfsError,
+    Unsupported,
     NotFound,
     ProtocolError,
     ServerUnavailable,
@@ -571,6 +572,48 @@ class Connection:
         if typ != "OK":
             self._check(f"UID EXPUNGE {uid}", typ, dat)
 
+    def move_message(self, src: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[tuple[int, int] | None, bool]:
+        """Move one message without ever losing it: ((dest UIDVALIDITY, UID) or None, moved?).
+
+        UID MOVE where the server has MOVE; else UID COPY, and only once the
+        copy is confirmed (COPYUID) STORE \\Deleted and UID EXPUNGE of exactly
+        that UID. Without MOVE or UIDPLUS: Unsupported (a bare EXPUNGE could
+        take other clients' \\Deleted mail). moved=False: the UID is gone.
+        """
+        caps = self.capabilities
+        if "MOVE" in caps:
+            res = self.uid_move(src, uidvalidity, uid, dest)
+            if res is None and "UIDPLUS" in caps:
+                return None, False  # the server moved nothing: the UID is gone
+            return res, True
+        if "UIDPLUS" not in caps:
+            raise Unsupported("server lacks MOVE and UIDPLUS")
+        res = self.uid_copy(src, uidvalidity, uid, dest)
+        if res is None:
+            return None, False  # nothing copied: the message is gone
+        self.uid_store(src, uidvalidity, uid, "+FLAGS.SILENT", ["\\Deleted"])
+        self.uid_expunge(src, uidvalidity, uid)
+        return res, True
+
+    def expunge_message(self, name: bytes, uidvalidity: int, uid: int) -> None:
+        """\\Deleted + UID EXPUNGE of exactly *uid* (needs UIDPLUS; never a bare EXPUNGE)."""
+        if "UIDPLUS" not in self.capabilities:
+            raise Unsupported("server lacks UIDPLUS")
+        self.uid_store(name, uidvalidity, uid, "+FLAGS.SILENT", ["\\Deleted"])
+        self.uid_expunge(name, uidvalidity, uid)
+
+    def search_header(self, name: bytes, field: str, value: str) -> list[int]:
+        """UIDs in *name* whose header *field* contains *value* (finds an APPEND that may have landed)."""
+        self.ensure_selected(name)
+        typ, dat = self._cmd("UID SEARCH", lambda i: i.uid("SEARCH", "HEADER", field, imapproto.quote(value)))
+        if typ != "OK":
+            self._check("UID SEARCH", typ, dat)
+        out: list[int] = []
+        for d in dat:
+            if isinstance(d, bytes):
+                out.extend(int(x) for x in d.split() if x.isdigit())
+        return out
+
     def uid_exists(self, name: bytes, uidvalidity: int, uid: int) -> bool:
         self.ensure_selected(name, uidvalidity)
         return any(u == uid for u, _ in self.uid_fetch(str(uid), "(UID)"))
@@ -701,6 +744,17 @@ class Pool:
         self._last_error: str | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.online = False
+        self.forced_offline = False  # -o offline: never connect
+
+    def available(self) -> bool:
+        """Would a request try the server now (online, or the backoff delay is over)?"""
+        if self.forced_offline:
+            return False
+        return self.online or time.monotonic() >= self._next_try
+
+    def mark_offline(self, why: str) -> None:
+        """Start without the server (it was unreachable at mount time)."""
+        self._failed(why)
 
     async def start(self) -> None:
         """Open the first connection; its errors (wrong password, bad TLS) reach the caller."""
@@ -722,6 +776,8 @@ class Pool:
         return self._idle.pop() if self._idle else None
 
     async def _connect(self) -> Connection:
+        if self.forced_offline:
+            raise ServerUnavailable("offline mode (-o offline)")
         now = time.monotonic()
         if now < self._next_try:
             raise ServerUnavailable(

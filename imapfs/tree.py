@@ -42,8 +42,10 @@ from .errors import (
     InvalidArgument,
     NotEmpty,
     NotFound,
+    Offline,
     ProtocolError,
     ReadOnly,
+    ServerUnavailable,
     StaleError,
     Unsupported,
 )
@@ -139,6 +141,7 @@ class FolderState:
     msgs: dict[int, Msg] = field(default_factory=dict)
     highestmodseq: int | None = None
     uids: list[int] = field(default_factory=list)  # sorted
+    on_disk: set[int] = field(default_factory=set)  # UIDs whose bytes the local cache holds
     checked: float = 0.0
     # sequential-read detection for body prefetch
     last_read_uid: int = 0
@@ -197,8 +200,11 @@ class Tree:
     def __init__(self, pool: Pool, *, revalidate: float = 5.0, mem_cache: int = 128 * 1024 * 1024,
                  notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic,
                  read_only: bool = False, trash: str | None = None, spool_dir: str | None = None,
-                 unsent_dir: str | None = None) -> None:
+                 unsent_dir: str | None = None, disk: Any = None) -> None:
         self.pool = pool
+        self.disk = disk  # imapfs.disk.Disk or None: the persistent second tier of this cache
+        self.journal: Any = None  # imapfs.offline.Journal, set by it: records changes made offline
+        self._offline_noted: set[Any] = set()
         self.read_only = read_only
         self.trash = trash  # None, "auto" (the \Trash folder) or a folder path with "/"
         self.spool_dir = spool_dir
@@ -272,6 +278,47 @@ class Tree:
 
     # -- folders ------------------------------------------------------------
 
+    async def load_from_disk(self) -> bool:
+        """Start from the persistent cache: folders and message lists as last seen. True if any."""
+        if self.disk is None:
+            return False
+        store = self.disk.store
+        entries = await self.disk.call(store.get_folders)
+        if entries is None:
+            return False
+        self._apply_list(entries)
+        for f in self.folders():
+            if f.raw is None or not f.selectable:
+                continue
+            raw = f.raw
+            rec = await self.disk.call(store.get_folder, raw)
+            if rec is None:
+                continue
+            st = FolderState(rec.uidvalidity, rec.uidnext, len(rec.messages), highestmodseq=rec.highestmodseq)
+            self._add(f, st, rec.messages, persist=False)
+            st.on_disk = await self.disk.call(store.body_uids, raw, rec.uidvalidity)
+            f.state = st
+        log.info("loaded %d folders from the local cache", len(entries))
+        return True
+
+    def _persist(self, fn_name: str, *args: Any, size: int = 0, **kw: Any) -> None:
+        if self.disk is not None:
+            self.disk.later(getattr(self.disk.store, fn_name), *args, size=size, **kw)
+
+    def is_offline(self) -> bool:
+        """True when a request would not even try the server (forced, or waiting to reconnect)."""
+        return not self.pool.available()
+
+    def note_offline(self, key: Any, what: str) -> None:
+        """One log line per folder (not per file) while the server is away."""
+        if key in self._offline_noted:
+            return
+        self._offline_noted.add(key)
+        log.warning("offline: %s (%s)", what, self.pool.last_error or "server unreachable")
+
+    def back_online(self) -> None:
+        self._offline_noted.clear()
+
     def folders(self) -> list[Folder]:
         out: list[Folder] = []
         stack = list(self.root.children.values())
@@ -286,6 +333,7 @@ class Tree:
         async with self._folders_lock:
             entries, statuses = await self.pool.run(Connection.list_status)
             self._apply_list(entries)
+            self._persist("put_folders", entries)
             self._folders_checked = self.clock()
         changed = []
         for f in self.folders():
@@ -310,8 +358,16 @@ class Tree:
         async with self._folders_lock:
             if not force and self.clock() - self._folders_checked < self.revalidate:
                 return
-            entries = await self.pool.run(Connection.list_folders)
+            try:
+                entries = await self.pool.run(Connection.list_folders)
+            except ServerUnavailable:
+                if not self.root.children:
+                    raise
+                self.note_offline("LIST", "showing the folders from the local cache")
+                self._folders_checked = self.clock()
+                return
             self._apply_list(entries)
+            self._persist("put_folders", entries)
             self._folders_checked = self.clock()
 
     def _apply_list(self, entries: list) -> None:
@@ -355,6 +411,8 @@ class Tree:
         for comp, child in list(folder.children.items()):
             if child.path not in seen:
                 log.info("folder %s is gone from the server", "/".join(child.path))
+                if child.raw is not None:
+                    self._persist("drop_folder", child.raw)
                 self._remove_subtree(child)
                 del folder.children[comp]
                 self._drop(child, folder.inode, comp)
@@ -391,7 +449,15 @@ class Tree:
             raw = folder.raw
             known = Known(st.uidvalidity, len(st.msgs), st.uidnext, st.highestmodseq,
                           st.uids[-1] if st.uids else 0) if st else None
-            res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known), folder=raw)
+            try:
+                res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known), folder=raw)
+            except ServerUnavailable:
+                if st is None:
+                    self.note_offline(raw, f"{raw.decode('ascii', 'replace')} was never cached: cannot list it")
+                    raise
+                self.note_offline(raw, f"showing {raw.decode('ascii', 'replace')} as last seen")
+                st.checked = self.clock()
+                return st
             if folder.raw != raw or folder.gone:
                 return folder.state
             if res.reset or st is None:
@@ -401,7 +467,11 @@ class Tree:
                                 raw.decode("ascii", "replace"), st.uidvalidity, res.info.uidvalidity)
                 self._drop_messages(folder)
                 st = FolderState(res.info.uidvalidity, res.info.uidnext, res.info.exists)
-                self._add(folder, st, res.added)
+                self._add(folder, st, res.added, persist=False)
+                self._persist("put_folder", raw, st.uidvalidity, st.uidnext, res.info.highestmodseq,
+                              res.added, replace=True)
+                if self.disk is not None and known is None:
+                    st.on_disk = await self.disk.call(self.disk.store.body_uids, raw, st.uidvalidity)
                 folder.state = st
             else:
                 gone = set(res.removed)
@@ -409,13 +479,18 @@ class Tree:
                     gone |= {u for u in st.msgs if u not in res.present}
                 for uid in gone:
                     m = st.msgs.pop(uid, None)
+                    st.on_disk.discard(uid)
                     if m is not None:
                         self._drop(m, folder.inode, m.name)
+                if gone:
+                    self._persist("remove_messages", raw, st.uidvalidity, sorted(gone))
                 self._add(folder, st, [a for a in res.added if a.uid not in gone])
                 for uid, fl in res.flags.items():
                     m = st.msgs.get(uid)
                     if m is not None:
                         m.flags = fl
+                if res.flags:
+                    self._persist("set_flags_many", raw, st.uidvalidity, dict(res.flags))
                 if res.present is not None:
                     missing = sorted(res.present - st.msgs.keys())
                     if missing:  # present but never fetched (e.g. UIDs below UIDNEXT we missed)
@@ -427,9 +502,14 @@ class Tree:
                 st.uidnext = res.info.uidnext
             st.highestmodseq = res.info.highestmodseq
             st.checked = self.clock()
+            self._persist("set_sync_state", raw, st.uidvalidity, st.uidnext, st.highestmodseq)
+            if self._offline_noted:
+                self.back_online()
             return st
 
-    def _add(self, folder: Folder, st: FolderState, metas: list[RawMeta]) -> None:
+    def _add(self, folder: Folder, st: FolderState, metas: list[RawMeta], persist: bool = True) -> None:
+        if persist and metas and folder.raw is not None:
+            self._persist("add_messages", folder.raw, st.uidvalidity, list(metas))
         for meta in metas:
             if meta.uid in st.msgs:
                 continue
@@ -534,10 +614,70 @@ class Tree:
                 raise f.error
         if m.size <= CHUNK:
             return await self._fetch_whole(m)
+        if self._on_disk(m):
+            whole = await self._disk_body(m)
+            if whole is not None:
+                for i in range(0, max(1, (len(whole) + CHUNK - 1) // CHUNK)):
+                    self._store((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
+                return whole[idx * CHUNK:(idx + 1) * CHUNK]
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
-        return await self.cached(key, lambda: self.pool.run(
-            lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw))
+
+        async def fetch() -> bytes:
+            try:
+                return await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
+            except ServerUnavailable as e:
+                raise self._offline_miss(m, e) from None
+
+        data = await self.cached(key, fetch)
+        self._persist_if_complete(m)
+        return data
+
+    def _on_disk(self, m: Msg) -> bool:
+        st = m.folder.state
+        return (self.disk is not None and st is not None and st.uidvalidity == m.uidvalidity
+                and m.uid in st.on_disk)
+
+    async def _disk_body(self, m: Msg) -> bytes | None:
+        raw = m.folder.raw
+        assert raw is not None and self.disk is not None
+        try:
+            data = await self.disk.call(self.disk.store.get_body, raw, m.uidvalidity, m.uid)
+        except Exception as e:  # noqa: BLE001 - a broken cache costs a fetch, not the read
+            log.debug("local cache read failed: %s", e)
+            data = None
+        if data is None or len(data) != m.size:
+            st = m.folder.state
+            if st is not None:
+                st.on_disk.discard(m.uid)
+            return None
+        return data
+
+    def _offline_miss(self, m: Msg, e: Exception) -> Exception:
+        if self.is_offline():
+            raw = m.folder.raw or b"?"
+            self.note_offline((raw, "read"), f"messages of {raw.decode('ascii', 'replace')} that are not in "
+                                              "the local cache cannot be read")
+            return Offline(f"{m.name} is not in the local cache and the server is unreachable")
+        return e
+
+    def _persist_body(self, m: Msg, data: bytes) -> None:
+        st = m.folder.state
+        if self.disk is None or st is None or st.uidvalidity != m.uidvalidity or m.folder.raw is None:
+            return
+        if m.uid in st.on_disk:
+            return
+        self._persist("put_body", m.folder.raw, m.uidvalidity, m.uid, data, fsync=False, size=len(data))
+        st.on_disk.add(m.uid)
+
+    def _persist_if_complete(self, m: Msg) -> None:
+        """A big message read to its end: keep it on disk too (offline reading, prefetch)."""
+        if self.disk is None or self._on_disk(m):
+            return
+        n = (m.size + CHUNK - 1) // CHUNK
+        chunks = [self.content.get((m.inode, i)) for i in range(n)]
+        if all(c is not None for c in chunks):
+            self._persist_body(m, b"".join(chunks))  # type: ignore[arg-type]
 
     async def cached(self, key: tuple[int, int], fetch: Callable[[], Any]) -> bytes:
         """Bytes for *key* from the content cache, else from ``await fetch()``, fetched once
@@ -596,7 +736,12 @@ class Tree:
         return out
 
     async def _fetch_whole(self, m: Msg) -> bytes:
-        batch = [m] + self._prefetch_candidates(m)
+        if self._on_disk(m):
+            data = await self._disk_body(m)
+            if data is not None:
+                self._store((m.inode, 0), data)
+                return data
+        batch = [m] + [n for n in self._prefetch_candidates(m) if not self._on_disk(n)]
         fetches = {}
         for n in batch:
             fetches[n.uid] = self._inflight[(n.inode, 0)] = _Fetch()
@@ -617,11 +762,14 @@ class Tree:
                     self.notifier.inode_changed(n.inode)
                 f.data = body
                 self._store((n.inode, 0), body)
+                self._persist_body(n, body)
         except BaseException as e:
+            if isinstance(e, ServerUnavailable):
+                e = self._offline_miss(m, e)
             for f in fetches.values():
                 if f.data is None and f.error is None:
                     f.error = e
-            raise
+            raise e from None
         finally:
             for n in batch:
                 self._inflight.pop((n.inode, 0), None)
@@ -698,6 +846,9 @@ class Tree:
         if st is not None and st.msgs.get(m.uid) is m:
             del st.msgs[m.uid]
             st.uids = sorted(st.msgs)
+            st.on_disk.discard(m.uid)
+            if m.folder.raw is not None:
+                self._persist("remove_messages", m.folder.raw, m.uidvalidity, [m.uid])
         for name, a in list(m.folder.aliases.items()):
             if a is m:
                 del m.folder.aliases[name]
@@ -724,22 +875,8 @@ class Tree:
                 raise NotFound(f"{m.name} is gone")
             src, uidv, uid, dst = m.folder.raw, m.uidvalidity, m.uid, dest.raw
             assert src is not None
-            if "MOVE" in caps:
-                def op(c: Connection) -> tuple[tuple[int, int] | None, bool]:
-                    res = c.uid_move(src, uidv, uid, dst)
-                    if res is None and "UIDPLUS" in caps:
-                        return None, False  # the server moved nothing: the UID is gone
-                    return res, True
-            else:
-                def op(c: Connection) -> tuple[tuple[int, int] | None, bool]:
-                    res = c.uid_copy(src, uidv, uid, dst)
-                    if res is None:
-                        return None, False  # nothing copied: the message is gone
-                    # The copy exists: now, and only now, remove exactly this UID.
-                    c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
-                    c.uid_expunge(src, uidv, uid)
-                    return res, True
-            where, moved = await self.pool.run(op, folder=src, retry=False)
+            where, moved = await self.pool.run(lambda c: c.move_message(src, uidv, uid, dst), folder=src,
+                                               retry=False)
             if not moved:
                 self._forget_msg(m)
                 raise NotFound(f"{m.name} was removed from the server by someone else")
@@ -770,12 +907,7 @@ class Tree:
                 raise NotFound(f"{m.name} is gone")
             src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
             assert src is not None
-
-            def op(c: Connection) -> None:
-                c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
-                c.uid_expunge(src, uidv, uid)
-
-            await self.pool.run(op, folder=src, retry=False)
+            await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
             log.info("deleted %s/%s", src.decode("ascii", "replace"), m.name)
             self._forget_msg(m)
 
@@ -898,7 +1030,15 @@ class Tree:
         where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
         p.dirty = False
         log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))
-        new = await self._new_msg(folder, where)
+        # The message is on the server now: nothing below may make us store it
+        # again, so what follows is best effort and only logged.
+        new: Msg | None = None
+        try:
+            new = await self._new_msg(folder, where)
+        except Exception as e:  # noqa: BLE001
+            log.warning("stored %s but could not list it yet (%s); the next sync shows it", p.name, e)
+            if folder.state is not None:
+                folder.state.checked = 0.0
         old = p.replaces
         if old is not None and not old.gone:
             try:
@@ -906,14 +1046,15 @@ class Tree:
                 old.successor = new
             except NotFound:
                 pass
+            except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
+                log.warning("stored the new version of %s but could not remove the old one (%s); "
+                            "both are on the server", old.name, e)
         p.committed = new
         if folder.pending.get(p.name) is p:
             del folder.pending[p.name]
             self.notifier.entry_removed(folder.inode, p.name)
         if new is not None and p.name and p.name != new.name:
             folder.aliases[p.name] = new
-        if new is None:
-            await self.sync(folder, force=True)
         return new
 
     async def delete_exact(self, m: Msg) -> None:
@@ -926,12 +1067,7 @@ class Tree:
                 raise NotFound(m.name)
             src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
             assert src is not None
-
-            def op(c: Connection) -> None:
-                c.uid_store(src, uidv, uid, "+FLAGS.SILENT", ["\\Deleted"])
-                c.uid_expunge(src, uidv, uid)
-
-            await self.pool.run(op, folder=src, retry=False)
+            await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
             self._forget_msg(m)
 
     def _all_pending(self) -> list[PendingFile]:
@@ -966,7 +1102,13 @@ class Tree:
             if isinstance(e, CommandFailed) and p.failures >= REFUSED_APPEND_TRIES:
                 # The server keeps saying NO (e.g. "Can't save a zero byte message"):
                 # retrying forever helps nobody; keep the bytes where the user can find them.
-                path = p.save_copy(self.unsent_dir)
+                try:
+                    path = p.save_copy(self.unsent_dir)
+                except OSError as err:
+                    log.critical("could not save %s to %s either (%s); keeping it in memory",
+                                 p.name, self.unsent_dir, err)
+                    p.ready_at = self.clock() + 60
+                    return
                 log.error("the server refused to store %s in %s %d times (%s); its bytes are saved in %s",
                           p.name or "an edited message", p.folder.raw, p.failures, e, path)
                 self._discard(p)
@@ -986,7 +1128,12 @@ class Tree:
                 with trio.fail_after(60):
                     await self.commit(p)
             except Exception as e:  # noqa: BLE001
-                path = p.save_copy(self.unsent_dir)
+                try:
+                    path = p.save_copy(self.unsent_dir)
+                except OSError as err:
+                    log.critical("could not store %s in %s at unmount (%s) nor save it in %s (%s)",
+                                 p.name or "an edited message", p.folder.raw, e, self.unsent_dir, err)
+                    continue
                 log.error("could not store %s in %s at unmount (%s); its bytes are saved in %s",
                           p.name or "an edited message", p.folder.raw, e, path)
 

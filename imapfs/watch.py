@@ -109,8 +109,12 @@ class PushListener:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._tag = 0
+        self.connected = False
 
     def covers(self, folder: bytes) -> bool:
+        """Does a live push session report changes of *folder*? (Not while reconnecting.)"""
+        if not self.connected:
+            return False
         return self.mode == "notify" or (self.mode == "idle" and folder == self.target)
 
     def stop(self) -> None:
@@ -176,6 +180,7 @@ class PushListener:
             if self.mode == "notify":
                 tag = self._send(b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))")
                 self._wait_tagged(reader, tag)
+                self.connected = True
                 log.debug("watching every folder with NOTIFY")
                 last = time.monotonic()
                 while not self._stop.is_set():
@@ -189,6 +194,7 @@ class PushListener:
                 while not self._stop.is_set():
                     self._idle(reader)
         finally:
+            self.connected = False
             self._sock = None
             conn.broken = True
             conn.close()
@@ -208,6 +214,7 @@ class PushListener:
                 raise ProtocolError(f"IDLE refused: {resp[-1]!r}")
             self._handle(resp)
         log.debug("IDLE on %r", target)
+        self.connected = True
         started = time.monotonic()
         while not self._stop.is_set() and self.target == target and time.monotonic() - started < IDLE_RENEW:
             resp = reader.response(TICK)

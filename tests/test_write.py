@@ -311,3 +311,16 @@ def test_ro_mount_refuses_every_write(tmp_path):
                 assert e.value.errno == errno.EROFS
         assert message_ids(d, "INBOX") == ["ro1"]
         assert d.folders() == ["INBOX"] or "New" not in d.folders()
+
+
+def test_writes_after_fsync_are_stored_too(env):
+    a = fresh(env, "FsyncA")
+    p = env.path(a, "draft.eml")
+    first = msg("fs1", "draft", "first part")
+    with open(p, "wb") as f:
+        f.write(first)
+        f.flush()
+        os.fsync(f.fileno())  # stored now, synchronously
+        assert message_ids(env.d, a) == ["fs1"]
+        f.write(b"second part\r\n")
+    eventually(lambda: list(env.d.fetch_all(a).values()) == [first + b"second part\r\n"])
