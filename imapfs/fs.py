@@ -360,6 +360,8 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(fh)
         if not isinstance(node, PendingFile) or node.gone:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if node.committed is not None:
+            self.tree.reopen(node)
         return node.write(off, buf)
 
     @_guarded
@@ -386,6 +388,8 @@ class Operations(pyfuse3.Operations):
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.tree.node(inode)
         target = self.tree.node(fh) if fh is not None else node
+        if isinstance(target, PendingFile) and fh is not None and fields.update_size and target.committed is not None:
+            self.tree.reopen(target)  # ftruncate on a handle whose file was already stored
         if isinstance(target, PendingFile) and (target.committed is None or target.dirty):
             if fields.update_size:
                 target.truncate(attr.st_size)

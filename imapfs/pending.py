@@ -48,7 +48,7 @@ class PendingFile:
     def size(self) -> int:
         return self._size
 
-    def _reopen(self) -> None:
+    def reopen(self) -> None:
         """Written again after it was stored (fsync, then more writes): a new version of it."""
         if self.committed is not None and not self.committed.gone:
             self.replaces = self.committed
@@ -56,8 +56,6 @@ class PendingFile:
         self.committed = None
 
     def write(self, offset: int, data: bytes) -> int:
-        if self.committed is not None:
-            self._reopen()
         self._buf.seek(offset)
         self._buf.write(data)
         self._size = max(self._size, offset + len(data))
@@ -70,8 +68,6 @@ class PendingFile:
         return self._buf.read(max(0, min(size, self._size - offset)))
 
     def truncate(self, size: int) -> None:
-        if self.committed is not None:
-            self._reopen()
         self._buf.truncate(size)
         if size > self._size:  # extend with zeros like a sparse file would
             self._buf.seek(self._size)

@@ -211,6 +211,7 @@ class Tree:
         self.unsent_dir = unsent_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imapfs", "unsent")
         self._next_pending = PENDING_INODE_BASE
+        self._pendings: set[PendingFile] = set()  # every file not yet stored (the uploader's work list)
         self._msg_locks: dict[int, trio.Lock] = {}
         self._upload_wakeup = trio.Event()
         self.revalidate = revalidate
@@ -928,7 +929,15 @@ class Tree:
         self._next_pending += 1
         p = PendingFile(folder, name or "", self._next_pending, replaces=replaces, spool_dir=self.spool_dir)
         self._inodes[p.inode] = p
+        self._pendings.add(p)
         return p
+
+    def reopen(self, p: PendingFile) -> None:
+        """More writes to a file that was already stored: it is pending again, as a new version."""
+        p.reopen()
+        self._pendings.add(p)
+        if p.name:
+            p.folder.pending[p.name] = p
 
     def create_file(self, folder: Folder, name: str) -> PendingFile:
         self._writable()
@@ -1008,6 +1017,7 @@ class Tree:
     def _discard(self, p: PendingFile) -> None:
         if p.folder.pending.get(p.name) is p:
             del p.folder.pending[p.name]
+        self._pendings.discard(p)
         p.gone = True
         if self._lookups.get(p.inode, 0) == 0:
             self._inodes.pop(p.inode, None)
@@ -1050,6 +1060,7 @@ class Tree:
                 log.warning("stored the new version of %s but could not remove the old one (%s); "
                             "both are on the server", old.name, e)
         p.committed = new
+        self._pendings.discard(p)
         if folder.pending.get(p.name) is p:
             del folder.pending[p.name]
             self.notifier.entry_removed(folder.inode, p.name)
@@ -1071,15 +1082,7 @@ class Tree:
             self._forget_msg(m)
 
     def _all_pending(self) -> list[PendingFile]:
-        out: list[PendingFile] = []
-        stack = [self.root]
-        while stack:
-            f = stack.pop()
-            stack.extend(f.children.values())
-            out.extend(f.pending.values())
-        out.extend(n for n in self._inodes.values()
-                   if isinstance(n, PendingFile) and n.replaces is not None and n.name == "" and not n.gone)
-        return out
+        return [p for p in self._pendings if not p.gone]
 
     async def uploader(self) -> None:
         """Background task: APPEND released files once their writer has been quiet."""
