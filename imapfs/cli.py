@@ -24,6 +24,7 @@ usage: imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
   -o OPT       see `man`-style list in docs/usage.md; common ones:
                password_file=PATH, password_command=CMD, cafile=PATH,
                tls=off, ro, noparts, trash=FOLDER|auto, poll=SECONDS, mem_cache=SIZE,
+               cache_dir=PATH|none, cache_size=SIZE, keep=FOLDER[:FOLDER...], offline,
                connections=N, timeout=SECONDS, logfile=PATH, allow_other
 The password is read from IMAPFS_PASSWORD, password_file or password_command,
 never from the command line.
@@ -39,6 +40,8 @@ _IGNORED = {
     "noiversion", "mand", "nomand",
 }
 _IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=")
+_FLAG_OPTS = {"ro", "noparts", "allow_other", "allow_root", "debug", "foreground", "default_permissions",
+              "offline"}
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)[iI]?[bB]?$")
 
 
@@ -67,6 +70,10 @@ class Config:
     logfile: str | None = None
     backoff_max: float = 30.0
     trash: str | None = None
+    cache_dir: str | None = None  # None: the default under $XDG_CACHE_HOME; "none": no disk cache
+    cache_size: int = 2 << 30
+    keep: list[str] = field(default_factory=list)
+    offline: bool = False
     fuse_options: set[str] = field(default_factory=set)
 
     @property
@@ -132,8 +139,7 @@ def _apply_option(cfg: Config, opt: str) -> None:
     if name == "password":
         raise ConfigError("password= is not accepted on the command line (it would show in ps); "
                           "use IMAPFS_PASSWORD, -o password_file=PATH or -o password_command=CMD")
-    flag_opts = {"ro", "noparts", "allow_other", "allow_root", "debug", "foreground", "default_permissions"}
-    if name in flag_opts:
+    if name in _FLAG_OPTS:
         if eq:
             raise ConfigError(f"option {name} takes no value")
         if name == "ro":
@@ -148,6 +154,8 @@ def _apply_option(cfg: Config, opt: str) -> None:
             cfg.debug = True
         elif name == "foreground":
             cfg.foreground = True
+        elif name == "offline":
+            cfg.offline = True
         return
     if not eq:
         raise ConfigError(f"unknown option {name!r} (see docs/usage.md)")
@@ -175,6 +183,12 @@ def _apply_option(cfg: Config, opt: str) -> None:
         cfg.mem_cache = parse_size(value)
     elif name == "logfile":
         cfg.logfile = value
+    elif name == "cache_dir":
+        cfg.cache_dir = value
+    elif name == "cache_size":
+        cfg.cache_size = parse_size(value)
+    elif name == "keep":
+        cfg.keep.extend(k for k in value.split(":") if k)
     elif name == "trash":
         if not value:
             raise ConfigError("trash= needs a folder (e.g. trash=Trash) or auto")
@@ -220,8 +234,14 @@ def parse_args(argv: list[str]) -> Config:
     cfg = Config(scheme=scheme, user=user, host=host, port=port, mountpoint=mountpoint, source=source,
                  foreground=foreground, debug=debug, tls="implicit" if scheme == "imaps" else "starttls")
     for group in opts:
+        last = ""
         for opt in _split_options(group):
+            # keep=INBOX,Archive/2026: the folders after the first are bare words in the list
+            if last == "keep" and "=" not in opt and opt not in _IGNORED and opt not in _FLAG_OPTS:
+                cfg.keep.append(opt)
+                continue
             _apply_option(cfg, opt)
+            last = opt.partition("=")[0].strip()
     if cfg.tls == "off" and scheme == "imaps":
         raise ConfigError("tls=off contradicts imaps://; use imap://USER@HOST/ -o tls=off for plaintext")
     if cfg.password_file and cfg.password_command:

@@ -45,6 +45,8 @@ XATTR_UIDVALIDITY = b"user.imap.uidvalidity"
 XATTR_FLAGS = b"user.imap.flags"
 XATTR_DATE = b"user.imap.internaldate"
 XATTR_MIME = b"user.mime_type"
+XATTR_STATE = b"user.imapfs.state"
+XATTR_CACHED = b"user.imapfs.cached"
 XATTR_SECTION = b"user.imap.section"
 PARTS_SUFFIX = ".parts"
 MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
@@ -481,12 +483,18 @@ class Operations(pyfuse3.Operations):
             return [XATTR_FLAGS, XATTR_DATE]
         if isinstance(node, PartFile):
             return [XATTR_MIME, XATTR_SECTION]
+        if isinstance(node, Folder) and node.inode == pyfuse3.ROOT_INODE:
+            return [XATTR_STATE]
         return []
 
     @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._xnode(inode)
+        if name == XATTR_STATE and isinstance(node, Folder) and node.inode == pyfuse3.ROOT_INODE:
+            return (await self.tree.state_text()).encode()
         if isinstance(node, Msg):
+            if name == XATTR_CACHED:  # not listed: asked for by `imapfs prefetch`
+                return b"1" if self.tree.is_cached(node) else b"0"
             if name == XATTR_UID:
                 return str(node.uid).encode()
             if name == XATTR_UIDVALIDITY:

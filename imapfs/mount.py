@@ -23,7 +23,10 @@ import pyfuse3
 import trio
 
 from . import cli
-from .errors import ConfigError, ImapfsError
+from .disk import Disk
+from .errors import ConfigError, ConnectError, ImapfsError, TLSError
+from .offline import Journal, Keeper
+from .store import Store
 from .fs import KernelNotifier, Operations
 from .parts import Parts
 from .session import Account, Pool
@@ -161,15 +164,55 @@ def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
     logging.getLogger("pyfuse3").setLevel(logging.INFO)
 
 
+def default_cache_dir(cfg: cli.Config) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    account = f"{cfg.user}@{cfg.host}:{cfg.port}".replace("/", "_")
+    return os.path.join(base, "imapfs", account)
+
+
 async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) -> None:
-    """Log in, mount, serve until unmounted or signalled, then tear down in reverse."""
+    """Open the cache, log in, mount, serve until unmounted or signalled, then tear down in reverse."""
+    disk: Disk | None = None
+    kept: set[bytes] = set()  # server names of -o keep= folders: never evicted
+    if cfg.cache_dir != "none":
+        path = cfg.cache_dir or default_cache_dir(cfg)
+        store = await trio.to_thread.run_sync(lambda: Store(path, cfg.cache_size, pinned=lambda n: n in kept))
+        disk = Disk(store)
+    try:
+        await _serve(cfg, account, ready, disk, kept)
+    finally:
+        if disk is not None:
+            with trio.CancelScope(shield=True):
+                await disk.close()
+
+
+async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], disk: Disk | None,
+                 kept: set[bytes]) -> None:
     pool = Pool(account, size=cfg.connections, backoff_max=cfg.backoff_max)
-    await pool.start()
+    if cfg.offline:
+        pool.forced_offline = True
+    else:
+        try:
+            await pool.start()
+        except ConnectError as e:
+            # Unreachable: serve what the cache has. A TLS failure is never a reason to go on.
+            if isinstance(e, TLSError) or disk is None or await disk.call(disk.store.get_folders) is None:
+                raise
+            log.warning("%s; starting offline from the local cache", e)
+            pool.mark_offline(str(e))
     try:
         notifier = KernelNotifier()
         tree = Tree(pool, revalidate=min(5.0, cfg.poll), mem_cache=cfg.mem_cache, notifier=notifier,
-                    read_only=cfg.read_only, trash=cfg.trash)
-        await tree.refresh_folders(force=True)
+                    read_only=cfg.read_only, trash=cfg.trash, disk=disk)
+        journal = Journal(tree, disk) if disk is not None else None
+        loaded = await tree.load_from_disk()
+        if not pool.online and not loaded:
+            raise ImapfsError("offline mode needs a local cache, and there is none yet for this account")
+        if pool.online:
+            await tree.refresh_folders(force=True)
+        if journal is not None:
+            await journal.restore()
+        keeper = Keeper(tree, cfg.keep, cfg.poll, kept) if cfg.keep and disk is not None else None
         parts = None if cfg.noparts else Parts(tree)
         ops = Operations(tree, parts, read_only=cfg.read_only)
         try:
@@ -177,26 +220,31 @@ async def serve(cfg: cli.Config, account: Account, ready: Callable[[], None]) ->
         except RuntimeError as e:
             raise ImapfsError(f"cannot mount on {cfg.mountpoint}: {e}") from None
         try:
-            log.info("mounted %s on %s", cfg.label, cfg.mountpoint)
+            log.info("mounted %s on %s%s", cfg.label, cfg.mountpoint, "" if pool.online else " (offline)")
             ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals)
                 nursery.start_soon(tree.uploader)
                 nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
+                if disk is not None:
+                    nursery.start_soon(disk.writer)
+                if keeper is not None:
+                    nursery.start_soon(keeper.run)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
             notifier.active = False
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)
-            # Files written just before the unmount still go to the server; a
-            # second Ctrl-C or SIGTERM must not cut that short.
+            # Files written just before the unmount still go to the server (or the
+            # journal); a second Ctrl-C or SIGTERM must not cut that short.
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
             with trio.CancelScope(shield=True):
                 await tree.flush_all()
     finally:
-        await pool.close()
+        with trio.CancelScope(shield=True):
+            await pool.close()
 
 
 async def _watch_signals() -> None:

@@ -1036,6 +1036,14 @@ class Store:
                                 (now, fid, uidvalidity, uid))
             return data
 
+    def body_uids(self, name: bytes, uidvalidity: int) -> set[int]:
+        """UIDs of the folder's messages whose bytes are stored (indexed; not verified)."""
+        with self._lock, self._errors(f"listing stored messages of {name!r}"):
+            return {r[0] for r in self._db().execute(
+                "SELECT b.uid FROM folders f JOIN bodies b ON b.folder = f.id "
+                "WHERE f.name=? AND f.uidvalidity=? AND b.uidvalidity=?",
+                (_as_name(name), uidvalidity, uidvalidity))}
+
     def has_body(self, name: bytes, uidvalidity: int, uid: int) -> bool:
         """Whether a body is indexed (not verified: get_body may still find it damaged)."""
         with self._lock, self._errors(f"looking up message {uid} of {name!r}"):

@@ -63,6 +63,7 @@ _COOKIE_MESSAGES = 1 << 33
 # system flags and keywords (atoms without specials); \Recent is the server's alone
 _FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[^\s(){%*\"\\\]\x00-\x1f\x7f]+)$", re.I)
 _COOKIE_PENDING = 1 << 60
+_COOKIE_OFFLINE = 1 << 59
 PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
 APPEND_QUIET = 0.5
 REFUSED_APPEND_TRIES = 3  # a server that answers NO this often will not change its mind  # seconds a released file waits for rsync's utimens/setxattr/rename
@@ -173,6 +174,10 @@ class Folder:
         self.open_files = 0
         self.pending: dict[str, PendingFile] = {}  # files being written, by the writer's name
         self.aliases: dict[str, Msg] = {}  # writers' names of messages stored during this mount
+        # Offline changes not yet sent (imapfs.offline): shown here, not in the cache.
+        self.offline_entries: dict[str, Msg] = {}  # moved here while offline
+        self.hidden: set[tuple[int, int]] = set()  # (UIDVALIDITY, UID) moved away or deleted while offline
+        self.local = False  # created while offline
 
     @property
     def name(self) -> str:
@@ -512,7 +517,7 @@ class Tree:
         if persist and metas and folder.raw is not None:
             self._persist("add_messages", folder.raw, st.uidvalidity, list(metas))
         for meta in metas:
-            if meta.uid in st.msgs:
+            if meta.uid in st.msgs or (st.uidvalidity, meta.uid) in folder.hidden:
                 continue
             try:
                 m = Msg(folder, st.uidvalidity, meta)
@@ -533,6 +538,9 @@ class Tree:
         p = parent.pending.get(name)
         if p is not None:
             return p
+        moved_here = parent.offline_entries.get(name)
+        if moved_here is not None:
+            return moved_here
         alias = parent.aliases.get(name)
         if alias is not None and not alias.gone:
             return alias
@@ -573,6 +581,8 @@ class Tree:
                 out.append((_COOKIE_MESSAGES + 2 * uid, m.name, m))
         for p in sorted(folder.pending.values(), key=lambda p: p.inode):
             out.append((_COOKIE_PENDING + (p.inode - PENDING_INODE_BASE), p.name, p))
+        for i, name in enumerate(sorted(folder.offline_entries)):
+            out.append((_COOKIE_OFFLINE + i, name, folder.offline_entries[name]))
         return out
 
     # -- reading ------------------------------------------------------------
@@ -633,6 +643,10 @@ class Tree:
         data = await self.cached(key, fetch)
         self._persist_if_complete(m)
         return data
+
+    def is_cached(self, m: Msg) -> bool:
+        """Readable without the server: in memory or on disk."""
+        return (m.inode, 0) in self.content or self._on_disk(m)
 
     def _on_disk(self, m: Msg) -> bool:
         st = m.folder.state
@@ -866,6 +880,9 @@ class Tree:
             raise Unsupported(f"{'/'.join(dest.path) or '/'} cannot hold messages (\\Noselect)")
         if dest is m.folder:
             raise Unsupported("a message keeps its name; renaming within a folder is not possible")
+        if self.journal is not None and self.is_offline():
+            await self.journal.move(m, dest, name)
+            return None
         caps = self.caps
         if "MOVE" not in caps and "UIDPLUS" not in caps:
             log.error("refusing to move %s: the server has neither MOVE nor UIDPLUS, and a plain "
@@ -876,8 +893,15 @@ class Tree:
                 raise NotFound(f"{m.name} is gone")
             src, uidv, uid, dst = m.folder.raw, m.uidvalidity, m.uid, dest.raw
             assert src is not None
-            where, moved = await self.pool.run(lambda c: c.move_message(src, uidv, uid, dst), folder=src,
-                                               retry=False)
+            try:
+                where, moved = await self.pool.run(lambda c: c.move_message(src, uidv, uid, dst), folder=src,
+                                                   retry=False)
+            except ServerUnavailable:
+                if self.journal is None or not self.is_offline():
+                    raise
+                # It may have happened in part; replayed, it moves what is left: a duplicate at worst.
+                await self.journal.move(m, dest, name)
+                return None
             if not moved:
                 self._forget_msg(m)
                 raise NotFound(f"{m.name} was removed from the server by someone else")
@@ -896,6 +920,9 @@ class Tree:
         if self.trash and trash is None:
             log.error("trash=%s: no such folder; refusing to delete %s for good", self.trash, m.name)
             raise Unsupported("trash folder not found")
+        if self.journal is not None and self.is_offline():
+            await self.journal.delete(m, trash if trash is not m.folder else None)
+            return
         if trash is not None and trash is not m.folder:
             await self.move(m, trash)
             return
@@ -920,8 +947,18 @@ class Tree:
         flags = [f for f in flags if f.lower() != "\\recent"]
         src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
         assert src is not None
-        await self.pool.run(lambda c: c.uid_store(src, uidv, uid, "FLAGS.SILENT", flags), folder=src)
+        if self.journal is not None and self.is_offline():
+            await self.journal.flags(m, flags)
+            return
+        try:
+            await self.pool.run(lambda c: c.uid_store(src, uidv, uid, "FLAGS.SILENT", flags), folder=src)
+        except ServerUnavailable:
+            if self.journal is None or not self.is_offline():
+                raise
+            await self.journal.flags(m, flags)
+            return
         m.flags = tuple(flags)
+        self._persist("set_flags", src, uidv, uid, tuple(flags))
 
     # -- new files and edits -------------------------------------------------
 
@@ -1033,11 +1070,20 @@ class Tree:
         folder = p.folder
         raw = folder.raw
         assert raw is not None
+        if self.journal is not None and (self.is_offline() or folder.local):
+            await self.journal.append(p)
+            return None
         flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
         flags = tuple(f for f in flags if f.lower() != "\\recent")
         date = p.date if p.date is not None else (p.replaces.date if p.replaces else None)
         data = p.data()
-        where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
+        try:
+            where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
+        except ServerUnavailable:
+            if self.journal is None or not self.is_offline():
+                raise
+            await self.journal.append(p)  # replay looks it up by Message-ID if it did land
+            return None
         p.dirty = False
         log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))
         # The message is on the server now: nothing below may make us store it
@@ -1154,6 +1200,8 @@ class Tree:
             raw = self._server_name(parent.path + (name,))
         except (ValueError, UnicodeError) as e:
             raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
+        if self.journal is not None and self.is_offline():
+            return await self.journal.mkdir(parent, name, raw)
         await self.pool.run(lambda c: c.create(raw), retry=False)
         try:
             await self.pool.run(lambda c: c.subscribe(raw))
@@ -1166,8 +1214,14 @@ class Tree:
             raise NotFound(f"the server created {raw!r} but does not list it")
         return child
 
+    def _online_only(self, what: str) -> None:
+        if self.is_offline():
+            self.note_offline(("only-online", what), f"{what} needs the server; try again when it is back")
+            raise Offline(f"{what} needs the server")
+
     async def rmdir(self, parent: Folder, name: str) -> None:
         self._writable()
+        self._online_only("removing a folder")
         f = parent.children.get(name)
         if f is None:
             raise NotFound(name)
@@ -1203,6 +1257,7 @@ class Tree:
 
     async def rename_folder(self, f: Folder, dest: Folder, name: str) -> None:
         self._writable()
+        self._online_only("renaming a folder")
         if f.path == ("INBOX",):
             raise Unsupported("INBOX cannot be renamed (IMAP would move its messages instead)")
         if name in dest.children:
@@ -1242,11 +1297,33 @@ class Tree:
         """Current flags, asked of the server (they change under us)."""
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
-        it = await self.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, "(UID FLAGS)"), folder=raw)
+        if self.is_offline() or m.folder.local:
+            return m.flags
+        try:
+            it = await self.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, "(UID FLAGS)"), folder=raw)
+        except ServerUnavailable:
+            self.note_offline((raw, "flags"), "flags shown as last seen")
+            return m.flags
         fl = it.get(b"FLAGS") or []
         m.flags = tuple(s for s in (f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fl)
                         if s.lower() != "\\recent")
         return m.flags
+
+    async def state_text(self) -> str:
+        """``user.imapfs.state``: online or offline, what is owed to the server, the last error."""
+        pool = self.pool
+        state = "offline (forced by -o offline)" if pool.forced_offline else ("online" if pool.online else "offline")
+        lines = [f"state: {state}", f"server: {pool.account.label}"]
+        if self.journal is not None:
+            lines += await self.journal.state_lines()
+        else:
+            lines.append("pending changes: 0 (no local cache)")
+        uploading = len(self._all_pending())
+        if uploading:
+            lines.append(f"files waiting to be stored: {uploading}")
+        if pool.last_error:
+            lines.append(f"last error: {pool.last_error}")
+        return "\n".join(lines) + "\n"
 
     def stats(self) -> tuple[int, int]:
         """(messages known, bytes known) for statfs."""

@@ -320,6 +320,8 @@ class Watcher:
         todo: dict[bytes, Folder] = {}
         by_raw = {f.raw: f for f in tree.folders() if f.raw is not None}
         dirty |= tree.pool.changed_folders()
+        if tree.journal is not None and tree.journal.pending > 0:
+            await tree.journal.replay()  # before any sync, so the server's state includes our changes
         for raw in dirty:
             f = by_raw.get(raw)
             if f is not None and f.state is not None:

@@ -930,3 +930,16 @@ def test_timing_100k(tmp_path: Path, capsys):
         print()
         res = store_mod.bench(tmp_path / "bench", 100_000, out=lambda line: print("   ", line))
     assert res  # printed, not asserted: see the module docstring for the numbers
+
+
+def test_body_uids_lists_stored_bodies(tmp_path):
+    from imapfs.session import RawMeta
+    from imapfs.store import Store
+    with Store(tmp_path / "c", 10 << 20) as s:
+        s.put_folder(b"F", 7, 4, None, [RawMeta(u, 3, 0, (), None) for u in (1, 2, 3)], replace=True)
+        assert s.body_uids(b"F", 7) == set()
+        s.put_body(b"F", 7, 1, b"abc")
+        s.put_body(b"F", 7, 3, b"xyz")
+        assert s.body_uids(b"F", 7) == {1, 3}
+        assert s.body_uids(b"F", 8) == set()
+        assert s.body_uids(b"G", 7) == set()

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -132,6 +133,9 @@ def _child_env(password: str | None, env_extra: Mapping[str, str] | None) -> dic
         env["IMAPFS_PASSWORD"] = password
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONFAULTHANDLER", "1")
+    # Every mount opens (and locks) a persistent cache per account: give each
+    # run its own, so tests never share one or leave mail in ~/.cache.
+    env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="imapfs-cache-")
     if env_extra:
         env.update(env_extra)
     return env

@@ -1,0 +1,449 @@
+"""Disconnected use: changes made while the server is away, and their replay.
+
+While the pool is offline (the server was unreachable at mount time, went
+away, or ``-o offline``), ``mv``, ``rm``, flag changes, ``mkdir`` and new files
+are recorded in the store's journal — on disk (fsynced) before the system
+call returns — and shown in the tree at once: moved and deleted messages
+are hidden where they were, moved ones shown where they went, new files
+stay visible with their bytes. Nothing in the *cache* is changed for them:
+the cache holds what the server had; the journal holds what we owe it.
+
+On reconnect the journal is replayed in order with the same no-loss rules
+as online writes (Connection.move_message / expunge_message). A change that
+no longer applies — the message is gone, UIDVALIDITY changed — is skipped,
+logged, and shown in ``user.imapfs.state``; a new message is never dropped:
+if its folder is gone it goes to ``imapfs-recovered``. An APPEND marked as
+started before a crash is looked up by Message-ID before it is sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import trio
+
+from .disk import Disk
+from .errors import CommandFailed, Exists, ImapfsError, NotFound, Offline, ServerUnavailable, Unsupported
+from .pending import PendingFile
+from .session import Connection
+from .tree import Folder, FolderState, Msg, Tree
+
+log = logging.getLogger(__name__)
+
+RECOVERED = b"imapfs-recovered"
+MAX_ATTEMPTS = 5
+_MSGID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
+
+
+class Skip(Exception):
+    """This journal entry no longer applies; the reason goes to the log and the state xattr."""
+
+
+def message_id(data: bytes) -> str | None:
+    head = data.split(b"\r\n\r\n", 1)[0]
+    m = _MSGID.search(head)
+    return m.group(1).decode("ascii", "replace") if m else None
+
+
+class Journal:
+    """Records offline changes, shows them, and replays them when the server is back."""
+
+    def __init__(self, tree: Tree, disk: Disk) -> None:
+        self.tree = tree
+        self.disk = disk
+        self.store = disk.store
+        self.pending = 0
+        self.not_applied: list[str] = []
+        self._lock = trio.Lock()
+        tree.journal = self
+
+    # -- recording --------------------------------------------------------------
+
+    async def _record(self, op: str, args: dict[str, Any], blob: bytes | None = None) -> int:
+        seq = await self.disk.call(self.store.journal_add, op, args, blob)
+        self.pending += 1
+        log.info("offline: recorded %s (#%d); it goes to the server on reconnect", op, seq)
+        return seq
+
+    async def move(self, m: Msg, dest: Folder, name: str | None) -> None:
+        await self._record("move", {"src": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
+                                    "dest": dest.raw, "name": name})
+        self._show_move(m, dest, name)
+
+    async def delete(self, m: Msg, trash: Folder | None) -> None:
+        await self._record("delete", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
+                                      "trash": trash.raw if trash is not None else None})
+        self._show_delete(m, trash)
+
+    async def flags(self, m: Msg, flags: list[str]) -> None:
+        await self._record("flags", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
+                                     "flags": list(flags)})
+        m.flags = tuple(flags)
+
+    async def mkdir(self, parent: Folder, name: str, raw: bytes) -> Folder:
+        path = parent.path + (name,)
+        await self._record("mkdir", {"name": raw, "path": list(path)})
+        return self._show_mkdir(path, raw)
+
+    async def append(self, p: PendingFile) -> None:
+        data = p.data()
+        folder = p.folder
+        flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
+        date = p.date if p.date is not None else (p.replaces.date if p.replaces else None)
+        replaces = [p.replaces.uidvalidity, p.replaces.uid] if p.replaces is not None else None
+        seq = await self._record("append", {"folder": folder.raw, "flags": [f for f in flags if f.lower() != "\\recent"],
+                                            "date": date, "replaces": replaces, "name": p.name}, data)
+        p.dirty = False
+        p.journal_seq = seq  # type: ignore[attr-defined]
+        self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too
+
+    # -- showing what is owed ---------------------------------------------------------
+
+    def _find(self, folder_raw: bytes, uidvalidity: int, uid: int) -> Msg | None:
+        for f in self.tree.folders():
+            if f.raw == folder_raw and f.state is not None and f.state.uidvalidity == uidvalidity:
+                return f.state.msgs.get(uid)
+        return None
+
+    def _folder(self, raw: bytes | None) -> Folder | None:
+        if raw is None:
+            return None
+        for f in self.tree.folders():
+            if f.raw == raw:
+                return f
+        return None
+
+    def _hide(self, m: Msg) -> None:
+        f = m.folder
+        f.hidden.add((m.uidvalidity, m.uid))
+        st = f.state
+        if st is not None and st.msgs.get(m.uid) is m:
+            del st.msgs[m.uid]
+            st.uids = sorted(st.msgs)
+        self.tree.notifier.entry_removed(f.inode, m.name)
+        self.tree.notifier.entry_removed(f.inode, m.stem + ".parts")
+
+    def _show_move(self, m: Msg, dest: Folder, name: str | None) -> None:
+        self._hide(m)
+        dest.offline_entries[m.name] = m
+        if name and name != m.name:
+            dest.aliases[name] = m
+
+    def _show_delete(self, m: Msg, trash: Folder | None) -> None:
+        self._hide(m)
+        if trash is not None and trash is not m.folder:
+            trash.offline_entries[m.name] = m
+
+    def _show_mkdir(self, path: tuple[str, ...], raw: bytes) -> Folder:
+        node = self.tree._ensure_path(path)
+        node.raw = raw
+        node.selectable = True
+        if node.state is None:
+            node.state = FolderState(0, None, 0, checked=self.tree.clock())
+        node.local = True  # type: ignore[attr-defined]
+        return node
+
+    async def restore(self) -> None:
+        """At mount: show what an earlier run recorded and did not send yet."""
+        entries = await self.disk.call(self.store.journal_pending)
+        self.pending = len(entries)
+        for e in entries:
+            a = e.args
+            try:
+                if e.op == "move":
+                    m = self._find(a["src"], a["uidvalidity"], a["uid"])
+                    dest = self._folder(a["dest"])
+                    if m is not None and dest is not None:
+                        self._show_move(m, dest, a.get("name"))
+                elif e.op == "delete":
+                    m = self._find(a["folder"], a["uidvalidity"], a["uid"])
+                    if m is not None:
+                        self._show_delete(m, self._folder(a.get("trash")))
+                elif e.op == "flags":
+                    m = self._find(a["folder"], a["uidvalidity"], a["uid"])
+                    if m is not None:
+                        m.flags = tuple(a["flags"])
+                elif e.op == "mkdir":
+                    self._show_mkdir(tuple(a["path"]), a["name"])
+                elif e.op == "append":
+                    folder = self._folder(a["folder"])
+                    data = e.read_blob()
+                    if folder is not None and data is not None:
+                        p = self.tree._pending(folder, a.get("name") or f"offline-{e.seq}.eml")
+                        p.write(0, data)
+                        p.dirty = False
+                        p.journal_seq = e.seq  # type: ignore[attr-defined]
+                        self.tree._pendings.discard(p)
+                        folder.pending[p.name] = p
+            except (ImapfsError, KeyError, TypeError) as err:
+                log.warning("offline change #%d (%s) cannot be shown: %s", e.seq, e.op, err)
+        if entries:
+            log.info("%d offline changes from an earlier run wait for the server", len(entries))
+
+    # -- replaying ---------------------------------------------------------------------
+
+    async def replay(self) -> None:
+        """Send every recorded change, in order, while the server answers."""
+        if self.pending <= 0 or not self.tree.pool.available():
+            return
+        async with self._lock:
+            entries = await self.disk.call(self.store.journal_pending)
+            self.pending = len(entries)
+            if not entries:
+                return
+            log.info("replaying %d offline changes", len(entries))
+            touched: set[bytes] = set()
+            for e in entries:
+                for key in ("src", "dest", "folder", "trash"):
+                    if isinstance(e.args.get(key), bytes):
+                        touched.add(e.args[key])
+                try:
+                    outcome = await self._apply(e)
+                except Skip as s:
+                    await self.disk.call(self.store.journal_skip, e.seq, str(s))
+                    self.pending -= 1
+                    note = f"#{e.seq} {e.op}: {s}"
+                    self.not_applied.append(note)
+                    log.warning("offline change %s was not applied", note)
+                    continue
+                except ServerUnavailable as err:
+                    await self.disk.call(self.store.journal_failed, e.seq, str(err))
+                    log.info("replay paused: %s", err)
+                    break
+                except ImapfsError as err:
+                    await self.disk.call(self.store.journal_failed, e.seq, str(err))
+                    if e.attempts + 1 >= MAX_ATTEMPTS and e.op != "append":
+                        await self.disk.call(self.store.journal_skip, e.seq, f"failed {MAX_ATTEMPTS} times: {err}")
+                        self.pending -= 1
+                        self.not_applied.append(f"#{e.seq} {e.op}: {err}")
+                        log.error("offline change #%d (%s) gave up after %d attempts: %s",
+                                  e.seq, e.op, MAX_ATTEMPTS, err)
+                        continue
+                    log.error("offline change #%d (%s) failed: %s; will retry", e.seq, e.op, err)
+                    break  # keep the order: later changes may depend on this one
+                await self.disk.call(self.store.journal_done, e.seq, outcome)
+                self.pending -= 1
+                log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
+            await self._settle(touched)
+
+    async def _settle(self, touched: set[bytes]) -> None:
+        """Show the server's truth again for the folders the replay touched."""
+        await self.tree.refresh_folders(force=True)
+        for f in self.tree.folders():
+            if f.raw not in touched and not getattr(f, "local", False):
+                continue
+            if self.pending == 0 or f.raw in touched:
+                for name, p in list(f.pending.items()):
+                    if getattr(p, "journal_seq", None) is not None:
+                        del f.pending[name]
+                        self.tree.notifier.entry_removed(f.inode, name)
+                for name in list(f.offline_entries):
+                    del f.offline_entries[name]
+                    self.tree.notifier.entry_removed(f.inode, name)
+                f.hidden.clear()
+            if getattr(f, "local", False) and f.state is not None and f.state.uidvalidity == 0:
+                f.state = None  # created offline: now list it for real
+                f.local = False  # type: ignore[attr-defined]
+            if f.selectable and f.raw is not None:
+                try:
+                    await self.tree.sync(f, force=True)
+                except ImapfsError as e:
+                    log.debug("after replay, %r: %s", f.raw, e)
+
+    async def _apply(self, e: Any) -> str:
+        a = e.args
+        pool = self.tree.pool
+        if e.op == "move":
+            src, uidv, uid, dest = a["src"], a["uidvalidity"], a["uid"], a["dest"]
+
+            def move(c: Connection) -> str:
+                self._check_message(c, src, uidv, uid)
+                try:
+                    where, moved = c.move_message(src, uidv, uid, dest)
+                except (NotFound, CommandFailed) as err:
+                    raise Skip(f"cannot move to {dest.decode('ascii', 'replace')} ({err}); "
+                               "the message stays where it was") from None
+                except Unsupported as err:
+                    raise Skip(str(err)) from None
+                if not moved:
+                    raise Skip("the message was removed by someone else")
+                return f"moved to {dest.decode('ascii', 'replace')}" + (f" as UID {where[1]}" if where else "")
+
+            return await pool.run(move, folder=src, retry=False)
+        if e.op == "delete":
+            folder, uidv, uid, trash = a["folder"], a["uidvalidity"], a["uid"], a.get("trash")
+
+            def delete(c: Connection) -> str:
+                self._check_message(c, folder, uidv, uid)
+                try:
+                    if trash is not None and trash != folder:
+                        c.move_message(folder, uidv, uid, trash)
+                        return "moved to the trash"
+                    c.expunge_message(folder, uidv, uid)
+                except Unsupported as err:
+                    raise Skip(str(err)) from None
+                return "deleted"
+
+            return await pool.run(delete, folder=folder, retry=False)
+        if e.op == "flags":
+            folder, uidv, uid, flags = a["folder"], a["uidvalidity"], a["uid"], a["flags"]
+
+            def setflags(c: Connection) -> str:
+                self._check_message(c, folder, uidv, uid)
+                c.uid_store(folder, uidv, uid, "FLAGS.SILENT", flags)
+                return "flags set"
+
+            return await pool.run(setflags, folder=folder, retry=False)
+        if e.op == "mkdir":
+            name = a["name"]
+
+            def mkdir(c: Connection) -> str:
+                try:
+                    c.create(name)
+                except Exists:
+                    return "already existed"
+                try:
+                    c.subscribe(name)
+                except CommandFailed:
+                    pass
+                return "created"
+
+            return await pool.run(mkdir, retry=False)
+        if e.op == "append":
+            return await self._apply_append(e)
+        raise Skip(f"unknown change {e.op!r}")
+
+    @staticmethod
+    def _check_message(c: Connection, folder: bytes, uidvalidity: int, uid: int) -> None:
+        try:
+            info = c.select(folder)
+        except NotFound:
+            raise Skip(f"folder {folder.decode('ascii', 'replace')} is gone") from None
+        if info.uidvalidity != uidvalidity:
+            raise Skip(f"UIDVALIDITY of {folder.decode('ascii', 'replace')} changed; "
+                       f"UID {uid} no longer names the same message")
+        if not c.uid_exists(folder, uidvalidity, uid):
+            raise Skip("the message was removed by someone else")
+
+    async def _apply_append(self, e: Any) -> str:
+        a = e.args
+        data = e.read_blob()
+        if data is None:
+            raise Skip("no message bytes recorded")
+        folder, flags, date, replaces = a["folder"], a.get("flags") or [], a.get("date"), a.get("replaces")
+        mid = message_id(data)
+        pool = self.tree.pool
+        if e.started is not None and mid is not None:
+            # A run that crashed after sending it may have stored it already.
+            def look(c: Connection) -> list[int]:
+                found: list[int] = []
+                for box in (folder, RECOVERED):
+                    try:
+                        found += c.search_header(box, "Message-ID", mid)
+                    except (NotFound, CommandFailed):
+                        pass
+                return found
+
+            if await pool.run(look, retry=False):
+                return f"already on the server (found by Message-ID {mid})"
+        await self.disk.call(self.store.journal_started, e.seq)
+
+        def append(c: Connection) -> str:
+            try:
+                where = c.append(folder, data, flags, date)
+                outcome = f"stored in {folder.decode('ascii', 'replace')}"
+            except (NotFound, CommandFailed) as err:
+                if isinstance(err, CommandFailed) and "TRYCREATE" not in str(err):
+                    raise
+                try:
+                    c.create(RECOVERED)
+                except Exists:
+                    pass
+                where = c.append(RECOVERED, data, flags, date)
+                outcome = f"folder {folder.decode('ascii', 'replace')} is gone: stored in {RECOVERED.decode()}"
+                log.warning("offline change #%d: %s", e.seq, outcome)
+                return outcome
+            if replaces:
+                uidv, uid = replaces
+                try:
+                    info = c.select(folder)
+                    if info.uidvalidity == uidv and c.uid_exists(folder, uidv, uid):
+                        c.expunge_message(folder, uidv, uid)
+                except ImapfsError as err:
+                    log.warning("offline edit #%d stored, but the old version stays: %s", e.seq, err)
+            return outcome + (f" as UID {where[1]}" if where else "")
+
+        return await pool.run(append, retry=False)
+
+    # -- status --------------------------------------------------------------------------
+
+    async def state_lines(self) -> list[str]:
+        lines = [f"pending changes: {self.pending}"]
+        try:
+            hist = await self.disk.call(self.store.journal_history, 10)
+        except ImapfsError:
+            hist = []
+        for h in hist:
+            if h.status == "skipped":
+                lines.append(f"not applied: #{h.seq} {h.op}: {h.outcome}")
+        try:
+            st = await self.disk.call(self.store.stats)
+            lines.append(f"cache: {st['body_count']} messages, {st['body_bytes'] / 1e6:.1f} of "
+                         f"{st['max_bytes'] / 1e6:.0f} MB")
+        except ImapfsError:
+            pass
+        return lines
+
+
+class Keeper:
+    """``-o keep=``: folders kept complete on disk for offline use (and never evicted)."""
+
+    def __init__(self, tree: Tree, paths: list[str], poll: float, raw: set[bytes] | None = None) -> None:
+        self.tree = tree
+        self.paths = [tuple(p.strip("/").split("/")) for p in paths if p.strip("/")]
+        self.poll = poll
+        self.raw: set[bytes] = raw if raw is not None else set()  # shared with the store's pinned()
+
+    def pinned(self, name: bytes) -> bool:
+        return name in self.raw
+
+    def _resolve(self) -> list[Folder]:
+        out = []
+        for path in self.paths:
+            node: Any = self.tree.root
+            for comp in path:
+                node = node.children.get(comp)
+                if node is None:
+                    break
+            if node is not None and node.raw is not None and node.selectable:
+                out.append(node)
+                self.raw.add(node.raw)
+        return out
+
+    async def run(self) -> None:
+        while True:
+            if self.tree.pool.available():
+                try:
+                    for f in self._resolve():
+                        await self.keep(f)
+                except ImapfsError as e:
+                    log.debug("keep: %s", e)
+                except Exception:  # noqa: BLE001
+                    log.exception("keep failed")
+            await trio.sleep(self.poll)
+
+    async def keep(self, f: Folder) -> None:
+        st = await self.tree.sync(f)
+        if st is None:
+            return
+        missing = [st.msgs[u] for u in st.uids if u not in st.on_disk and u in st.msgs]
+        if not missing:
+            return
+        t0 = time.monotonic()
+        for m in missing:
+            await self.tree.read(m, 0, m.size)
+        log.info("keep: %s now fully on disk (%d messages in %.1f s)",
+                 (f.raw or b"").decode("ascii", "replace"), len(missing), time.monotonic() - t0)
