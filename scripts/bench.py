@@ -148,7 +148,7 @@ def run_cmd(argv, timeout: float, on_timeout=None, stdin=subprocess.DEVNULL,
             with contextlib.suppress(Exception):
                 on_timeout()
         partial = _kill_group(proc)
-        e = StepError(f"{' '.join(map(str, argv[:3]))}... timed out after {timeout:.0f} s")
+        e = StepError(f"{' '.join(map(str, argv[:3]))}... timed out after {timeout:g} s")
         e.partial_stdout = partial
         e.timeout = timeout
         raise e from None
@@ -1344,7 +1344,9 @@ SyncState *
                 m = self.new_mount(port)
                 mounts.append(m)
                 with m:
-                    cmd_grep = ["grep", "-rl", "--include=*.eml", NEEDLE, str(m.path(FOLDER))]
+                    # --line-buffered: if it times out, what it printed tells how far it got
+                    cmd_grep = ["grep", "-rl", "--line-buffered", "--include=*.eml", NEEDLE,
+                                str(m.path(FOLDER))]
                     try:
                         dt, cp = m.run(cmd_grep)
                     except StepError as e:
@@ -1373,7 +1375,7 @@ SyncState *
     def grep_progress(self, e: StepError, m: MountRun) -> str:
         """How far a timed-out grep got: the needle hits it printed are spread evenly by UID."""
         out = getattr(e, "partial_stdout", b"") or b""
-        lines = [l for l in out.decode("utf-8", "surrogateescape").splitlines() if l]
+        lines = [l for l in out.decode("utf-8", "surrogateescape").split("\n")[:-1] if l]  # whole lines
         try:
             hits = ids_from_mount_paths(lines, self.corpus.uid_to_id, m.path(FOLDER)).ids
         except StepError:
@@ -1614,11 +1616,18 @@ SyncState *
             r.error("corpus", "corpus", str(e))
             return self.report()
         port = self.dv.port
-        self.imaplib_figures(port, "", "")
-        self.mbsync_figures(port, "", "")
-        self.imapfs_ls(port, "", "")
-        self.imapfs_grep(port, "", "")
-        if not a.no_count and not a.diag_rtt:
+        if a.rtt_only:
+            for k in ("imaplib_meta", "imaplib_bodies", "imaplib_big", "mbsync", "maildir_grep", "ls",
+                      "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss"):
+                r.skip(k, k, "--rtt-only")
+        else:
+            self.imaplib_figures(port, "", "")
+            self.mbsync_figures(port, "", "")
+            self.imapfs_ls(port, "", "")
+            self.imapfs_grep(port, "", "")
+        if a.rtt_only:
+            pass
+        elif not a.no_count and not a.diag_rtt:
             self.imapfs_counts(port)
         elif not a.diag_rtt:
             for k, l in (("fuse_ls_cold", "FUSE requests, cold ls -l (instrumented mount)"),
@@ -1787,6 +1796,8 @@ def parse_args(argv=None):
     p.add_argument("--big-mb", type=float, default=50, help="size of the big message in MB (0: none)")
     p.add_argument("--rtt", type=float, default=20, help="round trip added by the latency proxy, ms (default 20)")
     p.add_argument("--skip-rtt", action="store_true", help="skip the run through the latency proxy")
+    p.add_argument("--rtt-only", action="store_true",
+                   help="only the figures through the latency proxy (e.g. with a long --timeout)")
     p.add_argument("--big", action="store_true", help="only the 100,000-message listing check")
     p.add_argument("--big-n", type=int, default=100_000, help="messages for the listing check")
     p.add_argument("--skip-big", action="store_true", help="skip the 100,000-message listing check")
