@@ -261,8 +261,13 @@ def _account(cfg: cli.Config, password: str) -> Account:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "prefetch":
+        from . import prefetch
+
+        return prefetch.main(args[1:])
     try:
-        cfg = cli.parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = cli.parse_args(args)
     except cli.HelpRequested:
         print(cli.USAGE, end="")
         return 0

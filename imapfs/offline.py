@@ -88,7 +88,7 @@ class Journal:
         await self._record("mkdir", {"name": raw, "path": list(path)})
         return self._show_mkdir(path, raw)
 
-    async def append(self, p: PendingFile) -> None:
+    async def append(self, p: PendingFile, maybe_sent: bool = False) -> None:
         data = p.data()
         folder = p.folder
         flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
@@ -96,6 +96,8 @@ class Journal:
         replaces = [p.replaces.uidvalidity, p.replaces.uid] if p.replaces is not None else None
         seq = await self._record("append", {"folder": folder.raw, "flags": [f for f in flags if f.lower() != "\\recent"],
                                             "date": date, "replaces": replaces, "name": p.name}, data)
+        if maybe_sent:  # the connection died during an APPEND: it may be on the server already
+            await self.disk.call(self.store.journal_started, seq)
         p.dirty = False
         p.journal_seq = seq  # type: ignore[attr-defined]
         self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too

@@ -21,6 +21,7 @@ for that file only.
 
 from __future__ import annotations
 
+import ast
 import logging
 from typing import Any
 
@@ -28,7 +29,7 @@ import cachetools
 import trio
 
 from . import mime
-from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, StaleError
+from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .imapproto import format_uid_set
 from .session import Connection
 from .tree import CHUNK, Msg, Tree
@@ -139,6 +140,16 @@ class Parts:
         st = m.folder.state
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
+        disk = self.tree.disk
+        if disk is not None and (self.tree.is_offline() or self.tree.is_cached(m)):
+            saved = await disk.call(disk.store.get_structure, raw, uidv, m.uid)
+            if saved is not None:
+                try:
+                    root = mime.parse_bodystructure(ast.literal_eval(saved.decode("ascii")))
+                    self._structs[m.inode] = root
+                    return root
+                except (ValueError, SyntaxError, UnicodeDecodeError, RecursionError, MemoryError, mime.MimeError):
+                    pass  # unreadable: ask the server
         uids = [m.uid]
         if st is not None and st.uidvalidity == uidv:
             # Listing .parts directories in UID order (grep -r, find): fetch ahead.
@@ -162,6 +173,8 @@ class Parts:
                 continue  # e.g. another client's flag change reported in passing
             try:
                 self._structs[n.inode] = mime.parse_bodystructure(it.get(b"BODYSTRUCTURE"))
+                if disk is not None:
+                    disk.later(disk.store.put_structure, raw, uidv, uid, repr(it[b"BODYSTRUCTURE"]).encode("ascii"))
             except mime.MimeError as e:
                 log.warning("%r UID %d: unusable BODYSTRUCTURE (%s); showing the message as one part", raw, uid, e)
                 self._structs[n.inode] = mime.BodyPart(section="1", size=n.size)
@@ -179,12 +192,11 @@ class Parts:
             m = d.msg
             if m.gone:
                 raise NotFound(f"{m.name} was removed from the server")
-            if d.entry is None:
+            try:
                 root = await self._root(m)
-                entries = mime.list_entries(root)
-            else:
-                root = await self._root(m)
-                entries = d.entry.children
+            except ServerUnavailable as e:
+                raise self.tree._offline_miss(m, e) from None
+            entries = mime.list_entries(root) if d.entry is None else d.entry.children
             sections = await self._local_sections(m, root)
             d.children = await self._build(m, entries, sections)
             return d.children

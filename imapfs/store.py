@@ -343,6 +343,9 @@ CREATE TABLE IF NOT EXISTS bodies(
     size INTEGER NOT NULL, disk INTEGER NOT NULL, atime REAL NOT NULL,
     PRIMARY KEY(folder, uidvalidity, uid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bodies_atime ON bodies(atime);
+CREATE TABLE IF NOT EXISTS structures(
+    folder INTEGER NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY(folder, uidvalidity, uid)) WITHOUT ROWID;
 """
 
 _JOURNAL_SCHEMA = """
@@ -709,6 +712,10 @@ class Store:
                     if r[1] in wanted]
         con.executemany("DELETE FROM bodies WHERE folder=? AND uidvalidity=? AND uid=?",
                         [(fid, uv, uid) for uv, uid, _ in rows])
+        if uids is None and not absent:
+            con.execute("DELETE FROM structures WHERE folder=?", (fid,))
+        elif uids is not None:
+            con.executemany("DELETE FROM structures WHERE folder=? AND uid=?", [(fid, u) for u in set(uids)])
         return [(self._body_path(_body_key(token, uv, uid)), disk) for uv, uid, disk in rows]
 
     def _forget_files(self, files: list[tuple[Path, int]]) -> None:
@@ -1035,6 +1042,25 @@ class Store:
                     con.execute("UPDATE bodies SET atime=? WHERE folder=? AND uidvalidity=? AND uid=?",
                                 (now, fid, uidvalidity, uid))
             return data
+
+    def put_structure(self, name: bytes, uidvalidity: int, uid: int, data: bytes) -> bool:
+        """Keep a message's BODYSTRUCTURE (serialised by the caller) for offline ``.parts`` listings."""
+        with self._lock, self._errors(f"storing the structure of message {uid} of {name!r}"):
+            con = self._db()
+            with self._tx(con):
+                m = self._match(con, name, uidvalidity)
+                if m is None:
+                    return False
+                con.execute("INSERT OR REPLACE INTO structures VALUES (?, ?, ?, ?)", (m[0], uidvalidity, uid, data))
+            return True
+
+    def get_structure(self, name: bytes, uidvalidity: int, uid: int) -> bytes | None:
+        with self._lock, self._errors(f"reading the structure of message {uid} of {name!r}"):
+            r = self._db().execute(
+                "SELECT s.data FROM folders f JOIN structures s ON s.folder = f.id "
+                "WHERE f.name=? AND f.uidvalidity=? AND s.uidvalidity=? AND s.uid=?",
+                (_as_name(name), uidvalidity, uidvalidity, uid)).fetchone()
+            return None if r is None else bytes(r[0])
 
     def body_uids(self, name: bytes, uidvalidity: int) -> set[int]:
         """UIDs of the folder's messages whose bytes are stored (indexed; not verified)."""

@@ -897,9 +897,10 @@ class Tree:
                 where, moved = await self.pool.run(lambda c: c.move_message(src, uidv, uid, dst), folder=src,
                                                    retry=False)
             except ServerUnavailable:
-                if self.journal is None or not self.is_offline():
+                if self.journal is None:
                     raise
-                # It may have happened in part; replayed, it moves what is left: a duplicate at worst.
+                # It may have happened in part; the replay checks the message is still
+                # there before it moves it: a duplicate at worst, never a loss.
                 await self.journal.move(m, dest, name)
                 return None
             if not moved:
@@ -935,7 +936,13 @@ class Tree:
                 raise NotFound(f"{m.name} is gone")
             src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
             assert src is not None
-            await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
+            try:
+                await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
+            except ServerUnavailable:
+                if self.journal is None:
+                    raise
+                await self.journal.delete(m, None)
+                return
             log.info("deleted %s/%s", src.decode("ascii", "replace"), m.name)
             self._forget_msg(m)
 
@@ -953,7 +960,7 @@ class Tree:
         try:
             await self.pool.run(lambda c: c.uid_store(src, uidv, uid, "FLAGS.SILENT", flags), folder=src)
         except ServerUnavailable:
-            if self.journal is None or not self.is_offline():
+            if self.journal is None:
                 raise
             await self.journal.flags(m, flags)
             return
@@ -1080,9 +1087,9 @@ class Tree:
         try:
             where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
         except ServerUnavailable:
-            if self.journal is None or not self.is_offline():
+            if self.journal is None:
                 raise
-            await self.journal.append(p)  # replay looks it up by Message-ID if it did land
+            await self.journal.append(p, maybe_sent=True)  # replay looks it up by Message-ID first
             return None
         p.dirty = False
         log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))

@@ -1,0 +1,278 @@
+"""Offline and disconnected use: the persistent cache, the journal, prefetch.
+
+The server "goes away" for imapfs through a proxy that refuses connections,
+while a second client can still reach Dovecot directly to play another
+device. Every outcome is checked on the server by Message-ID.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pty
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.dovecot import Dovecot
+from tests.support.mount import Mount, force_unmount, imapfs_command
+from tests.support.proxy import Proxy
+from tests.test_write import eventually, message_ids, msg
+
+OFFLINE_ERRORS = [r"unavailable", r"offline", r"lost", r"could not", r"not applied", r"refus"]
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, delay_ms: float = 0) -> None:
+        self.d = Dovecot().start()
+        self.proxy = Proxy(self.d.host, self.d.port, delay_ms=delay_ms).start()
+        self.cache = tmp_path / "cache"
+        self.tmp = tmp_path
+        self.mounts: list[Mount] = []
+
+    def mount(self, *opts: str) -> Mount:
+        mp = self.tmp / f"m{len(self.mounts)}"
+        mp.mkdir()
+        m = Mount(f"imap://{self.d.user}@127.0.0.1:{self.proxy.port}/", mp,
+                  ["tls=off", "poll=2", "backoff_max=1", *opts], password=self.d.password,
+                  env_extra={"XDG_CACHE_HOME": str(self.cache)}, allowed_errors=OFFLINE_ERRORS)
+        self.mounts.append(m)
+        return m.start()
+
+    def server_away(self) -> None:
+        self.proxy.refuse = True
+        self.proxy.cut()
+
+    def server_back(self) -> None:
+        self.proxy.refuse = False
+
+    def close(self) -> None:
+        for m in reversed(self.mounts):
+            if m.proc is not None and m.returncode is None:
+                m.unmount(check=False)
+        self.proxy.stop()
+        self.d.cleanup()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def state(m: Mount) -> str:
+    return os.getxattr(m.mountpoint, "user.imapfs.state").decode()
+
+
+def emls(m: Mount, folder: str) -> list[Path]:
+    return sorted(m.path(folder).glob("*.eml"))
+
+
+def pending(m: Mount) -> int:
+    return int(re.search(r"pending changes: (\d+)", state(m)).group(1))
+
+
+def test_cached_mail_reads_offline_and_uncached_fails_clearly(rig):
+    for i in range(5):
+        rig.d.append("Box", msg(f"box{i}", f"box {i}", f"needle-{i} text"))
+    m = rig.mount()
+    files = emls(m, "Box")
+    seen = {p: p.read_bytes() for p in reversed(files[:3])}  # out of order: no read-ahead of 4 and 5
+    rig.server_away()
+    assert [p.name for p in emls(m, "Box")] == [p.name for p in files]  # the listing as last seen
+    for p, data in seen.items():
+        assert p.read_bytes() == data
+    out = subprocess.run(["grep", "-rl", "--include=*.eml", "needle-", str(m.path("Box"))],
+                         capture_output=True, text=True)
+    assert sorted(out.stdout.split("\n")[:-1]) == sorted(str(p) for p in seen)
+    for p in files[3:]:
+        with pytest.raises(OSError) as e:
+            p.read_bytes()
+        assert e.value.errno == errno.EIO
+    assert "state: offline" in state(m)
+    assert "last error:" in state(m)
+    # one log line for the folder, not one per file
+    assert m.log().count("messages of Box that are not in the local cache cannot be read") == 1
+    rig.server_back()
+    eventually(lambda: "state: online" in state(m), timeout=15)
+    assert files[4].read_bytes() == rig.d.fetch_all("Box")[5]
+
+
+def test_remount_while_server_is_away_serves_the_cache(rig):
+    for i in range(3):
+        rig.d.append("INBOX", msg(f"r{i}", f"remount {i}"))
+    m = rig.mount()
+    before = {p.name: p.read_bytes() for p in emls(m, "INBOX")}
+    m.unmount()
+    rig.server_away()
+    m2 = rig.mount()
+    assert {p.name: p.read_bytes() for p in emls(m2, "INBOX")} == before
+    assert "state: offline" in state(m2)
+    m2.unmount()
+    rig.server_back()
+    m3 = rig.mount("offline")  # forced, although the server is there
+    assert {p.name: p.read_bytes() for p in emls(m3, "INBOX")} == before
+    assert "offline (forced" in state(m3)
+
+
+def test_remount_costs_only_the_changes(rig):
+    for i in range(200):
+        rig.d.append("Big", msg(f"b{i}", f"b {i}"))
+    m = rig.mount()
+    assert len(emls(m, "Big")) == 200
+    m.unmount()
+    rig.d.append("Big", msg("late", "arrived while unmounted"))
+    m2 = rig.mount()
+    rig.proxy.clear()
+    names = [p.name for p in emls(m2, "Big")]
+    assert len(names) == 201 and any("arrived while unmounted" in n for n in names)
+    sent = rig.proxy.client_bytes()
+    assert b"(QRESYNC (" in sent  # resumed from the cached UIDVALIDITY/MODSEQ
+    assert not re.search(rb"UID FETCH 1:\* \(UID FLAGS INTERNALDATE", sent)  # no full metadata fetch
+
+
+def test_offline_changes_are_journaled_shown_and_replayed(rig, tmp_path):
+    d = rig.d
+    for f in ("A", "B", "Gone"):
+        d.create(f)
+    d.append("A", msg("a1", "move me"))
+    d.append("A", msg("a2", "delete me"))
+    a3 = d.append("A", msg("a3", "flag me"))
+    m = rig.mount()
+    for f in ("A", "B", "Gone"):
+        os.listdir(m.path(f))
+    files = {re.search(r" (\w+ me) #", p.name).group(1): p for p in emls(m, "A")}
+    files["move me"].read_bytes()
+    rig.server_away()
+
+    subprocess.run(["mv", str(files["move me"]), str(m.path("B"))], check=True)
+    files["delete me"].unlink()
+    os.setxattr(files["flag me"], "user.imap.flags", b"\\Flagged")
+    m.path("NewDir").mkdir()
+    src = tmp_path / "new.eml"
+    for mid, folder in (("new1", "NewDir"), ("new2", "Gone"), ("new3", "A")):
+        src.write_bytes(msg(mid, f"{mid} written offline"))
+        subprocess.run(["cp", str(src), str(m.path(folder, f"{mid}.eml"))], check=True)
+    # shown at once
+    assert [p.name for p in emls(m, "B")] == [files["move me"].name]
+    assert b"a1@test" in (m.path("B", files["move me"].name)).read_bytes()
+    assert not files["delete me"].exists() and not files["move me"].exists()
+    assert m.path("NewDir", "new1.eml").read_bytes() == msg("new1", "new1 written offline")
+    eventually(lambda: pending(m) == 7)
+    # meanwhile, another device: the flagged message goes away, so does folder Gone
+    c = d.client()
+    c.select("A")
+    c.uid("STORE", str(a3), "+FLAGS", "(\\Deleted)")
+    c.uid("EXPUNGE", str(a3))
+    c.close()
+    assert c.delete("Gone")[0] == "OK"
+    c.logout()
+    assert message_ids(d, "A") == ["a1", "a2"]  # nothing reached the server yet
+
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=30)
+    assert message_ids(d, "A") == ["new3"]
+    assert message_ids(d, "B") == ["a1"]
+    assert message_ids(d, "NewDir") == ["new1"]
+    assert message_ids(d, "imapfs-recovered") == ["new2"]  # its folder was gone: kept, not dropped
+    s = state(m)
+    assert "not applied" in s and "flags" in s
+    eventually(lambda: sorted(p.name.split(" #")[0][16:] for p in emls(m, "A")) == ["new3 written offline"])
+
+
+def test_sigkill_between_journal_and_replay_loses_nothing_and_repeats_nothing(rig, tmp_path):
+    d = rig.d
+    d.create("B")
+    d.append("A", msg("k1", "moved offline"))
+    m = rig.mount()
+    (p,) = emls(m, "A")
+    os.listdir(m.path("B"))
+    rig.server_away()
+    os.rename(p, m.path("B", p.name))
+    (tmp_path / "n.eml").write_bytes(msg("k2", "new offline"))
+    subprocess.run(["cp", str(tmp_path / "n.eml"), str(m.path("A", "n.eml"))], check=True)
+    eventually(lambda: pending(m) == 2)
+    os.kill(m.pid, signal.SIGKILL)
+    m.proc.wait(10)
+    force_unmount(m.mountpoint)
+    m.returncode = 0  # killed on purpose
+    m2 = rig.mount()  # still offline: the journal is shown again
+    assert pending(m2) == 2
+    assert [q.name for q in emls(m2, "B")] == [p.name]
+    assert m2.path("A", "n.eml").read_bytes() == msg("k2", "new offline")
+    rig.server_back()
+    eventually(lambda: pending(m2) == 0, timeout=30)
+    assert message_ids(d, "A") == ["k2"]
+    assert message_ids(d, "B") == ["k1"]
+
+
+# -- prefetch ---------------------------------------------------------------------------
+
+def run_prefetch(*paths: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(imapfs_command() + ["prefetch", *map(str, paths)], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_prefetch_makes_a_folder_readable_offline_and_resumes(rig):
+    for i in range(60):
+        rig.d.append("Keep", msg(f"p{i}", f"prefetch {i}", "x" * 5000))
+    m = rig.mount()
+    files = emls(m, "Keep")
+    for p in reversed(files[:20]):
+        p.read_bytes()  # as if a run was interrupted after 20 (out of order: no read-ahead)
+    res = run_prefetch(m.path("Keep"))
+    assert res.returncode == 0, res.stderr
+    assert "20 messages already cached" in res.stderr
+    assert "prefetch: 40/40 messages" in res.stderr and "done" in res.stderr
+    assert all(os.getxattr(p, "user.imapfs.cached") == b"1" for p in files)
+    rig.server_away()
+    server = rig.d.fetch_all("Keep")
+    for p in files:
+        uid = int(re.search(r"#(\d+)\.eml$", p.name).group(1))
+        assert p.read_bytes() == server[uid]
+    res = run_prefetch(m.path("Keep"))
+    assert "60 messages already cached" in res.stderr and res.returncode == 0
+
+
+def test_prefetch_shows_progress_on_a_terminal_and_can_be_interrupted(tmp_path):
+    r = Rig(tmp_path, delay_ms=150)  # slow link: the run takes long enough to interrupt
+    try:
+        for i in range(40):
+            r.d.append("Slow", msg(f"s{i}", f"slow {i}", "y" * 20000))
+        m = r.mount()
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(imapfs_command() + ["prefetch", str(m.path("Slow"))], stdout=slave, stderr=slave)
+        os.close(slave)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        assert rc == 130, out
+        assert b"\r" in out and b"interrupted; run the same command again" in out
+        res = run_prefetch(m.path("Slow"))
+        assert res.returncode == 0, res.stderr
+        assert "already cached" in res.stderr and "done" in res.stderr
+    finally:
+        r.close()
+
+
+def test_keep_option_fills_the_cache_in_the_background(rig):
+    for i in range(30):
+        rig.d.append("Archive/2026", msg(f"kp{i}", f"kept {i}"))
+    m = rig.mount("keep=Archive/2026,INBOX")
+    files = eventually(lambda: emls(m, "Archive/2026"))
+    eventually(lambda: all(os.getxattr(p, "user.imapfs.cached") == b"1" for p in files), timeout=20)
