@@ -53,6 +53,8 @@ MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
+_NO_XATTR = pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
 # Answers to a request that made no sense, not failures of ours: no warning.
 _USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE}
 
@@ -487,8 +489,16 @@ class Operations(pyfuse3.Operations):
             return [XATTR_STATE]
         return []
 
-    @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # ls -l asks security.selinux and system.posix_acl_* of every entry; the kernel
+        # cannot be told to stop asking without losing xattrs altogether, so answer
+        # those before any other work (see docs/performance.md).
+        if not name.startswith(b"user."):
+            raise _NO_XATTR
+        return await self._getxattr(inode, name, ctx)
+
+    @_guarded
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._xnode(inode)
         if name == XATTR_STATE and isinstance(node, Folder) and node.inode == pyfuse3.ROOT_INODE:
             return (await self.tree.state_text()).encode()
@@ -535,7 +545,7 @@ class Operations(pyfuse3.Operations):
         if name == XATTR_FLAGS:
             await self.tree.set_flags(node, text.split())
         elif name in (XATTR_UID, XATTR_UIDVALIDITY, XATTR_DATE):
-            current = await self.getxattr(inode, name, ctx)
+            current = await self._getxattr(inode, name, ctx)
             if text != current.decode():
                 raise pyfuse3.FUSEError(errno.EPERM)  # read-only: they name the stored message
         else:
