@@ -38,8 +38,6 @@ class Disk:
         self._queue: deque[tuple[Callable[..., Any], tuple, dict, int]] = deque()
         self._queued_bytes = 0
         self._wakeup = trio.Event()
-        self._idle = trio.Event()
-        self._idle.set()
         self._warned: set[str] = set()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -52,7 +50,6 @@ class Disk:
             return
         self._queue.append((fn, args, kw, size))
         self._queued_bytes += size
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._wakeup.set()
 
     async def writer(self) -> None:
@@ -66,6 +63,16 @@ class Disk:
         while self._queue:
             fn, args, kw, size = self._queue.popleft()
             self._queued_bytes -= size
+            batched = {self.store.put_body: self.store.put_bodies,
+                       self.store.put_structure: self.store.put_structures}.get(fn)
+            if batched is not None:
+                # Consecutive writes of one kind go to disk in one transaction.
+                batch = [args[:4]]
+                while self._queue and self._queue[0][0] == fn and len(batch) < 256:
+                    _fn, a2, _kw, s2 = self._queue.popleft()
+                    self._queued_bytes -= s2
+                    batch.append(a2[:4])
+                fn, args, kw = batched, (batch,), {}
             try:
                 await self.call(fn, *args, **kw)
             except StoreError as e:
@@ -73,7 +80,6 @@ class Disk:
                 if key not in self._warned:
                     self._warned.add(key)
                     log.warning("the local cache could not be updated (%s); going on without it", e)
-        self._idle.set()
 
     async def flush(self) -> None:
         """Apply everything queued (at unmount)."""

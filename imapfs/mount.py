@@ -223,6 +223,7 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
             log.info("mounted %s on %s%s", cfg.label, cfg.mountpoint, "" if pool.online else " (offline)")
             ready()
             async with trio.open_nursery() as nursery:
+                tree.nursery = nursery
                 nursery.start_soon(_watch_signals)
                 nursery.start_soon(tree.uploader)
                 nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
@@ -231,8 +232,10 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
                 if keeper is not None:
                     nursery.start_soon(keeper.run)
                 await pyfuse3.main()
+                tree.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
+            tree.nursery = None
             notifier.active = False
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)

@@ -94,6 +94,8 @@ class Parts:
         self._last_struct: dict[bytes, int] = {}  # folder → last UID whose structure was loaded
         self._window: dict[bytes, int] = {}
         tree.on_drop.append(self._dropped)
+        tree.fetch_extra = "BODYSTRUCTURE"  # with every body batch: .parts listings need no extra trip
+        tree.fetch_hooks.append(self._fetched)
 
     # -- nodes ----------------------------------------------------------------
 
@@ -104,6 +106,18 @@ class Parts:
             self.tree._alloc(d)
             self._dirs[m.inode] = d
         return d
+
+    def _fetched(self, m: Msg, items: dict) -> None:
+        value = items.get(b"BODYSTRUCTURE")
+        if value is None or m.inode in self._structs:
+            return
+        try:
+            self._structs[m.inode] = mime.parse_bodystructure(value)
+        except mime.MimeError:
+            return  # _root asks again and degrades with a log line
+        disk = self.tree.disk
+        if disk is not None and m.folder.raw is not None:
+            disk.later(disk.store.put_structure, m.folder.raw, m.uidvalidity, m.uid, repr(value).encode("ascii"))
 
     def _dropped(self, node: Any) -> None:
         if isinstance(node, Msg):

@@ -487,15 +487,18 @@ class Connection:
                             self.selected, uid, e)
         return out
 
-    def fetch_bodies(self, name: bytes, uidvalidity: int, uids: Sequence[int]) -> dict[int, bytes]:
-        """Whole ``BODY[]`` of several messages in one round trip."""
+    def fetch_bodies(self, name: bytes, uidvalidity: int, uids: Sequence[int],
+                     extra: str = "") -> dict[int, tuple[bytes, dict[bytes, Any]]]:
+        """Whole ``BODY[]`` of several messages in one round trip, with *extra* items
+        (e.g. BODYSTRUCTURE, so listing their ``.parts`` later costs no round trip)."""
         self.ensure_selected(name, uidvalidity)
         want = set(uids)
-        out: dict[int, bytes] = {}
-        for uid, it in self.uid_fetch(imapproto.format_uid_set(uids), "(UID BODY.PEEK[])"):
+        out: dict[int, tuple[bytes, dict[bytes, Any]]] = {}
+        items = f"(UID BODY.PEEK[]{' ' + extra if extra else ''})"
+        for uid, it in self.uid_fetch(imapproto.format_uid_set(uids), items):
             body = it.get(b"BODY[]")
             if uid in want and isinstance(body, bytes):
-                out[uid] = body
+                out[uid] = (body, it)
         return out
 
     def fetch_range(self, name: bytes, uidvalidity: int, uid: int, offset: int, length: int) -> bytes:

@@ -232,6 +232,9 @@ class Tree:
         self._inflight: dict[tuple[int, int], _Fetch] = {}
         self.mount_time = time.time()
         self.on_drop: list[Callable[[Any], None]] = []  # told when a node leaves the tree
+        self.fetch_extra = ""  # FETCH items asked along with bodies (parts asks for BODYSTRUCTURE)
+        self.fetch_hooks: list[Callable[[Msg, dict], None]] = []  # given those items per message
+        self.nursery: Any = None  # for read-ahead; set by the mount once it serves
 
     # -- inode table --------------------------------------------------------
 
@@ -614,12 +617,16 @@ class Tree:
         while True:
             data = self.content.get(key)
             if data is not None:
+                if idx == 0:
+                    self._maybe_read_ahead(m)
                 return data
             f = self._inflight.get(key)
             if f is None:
                 break
             await f.done.wait()
             if f.data is not None:
+                if idx == 0:
+                    self._maybe_read_ahead(m)
                 return f.data
             if f.error is not None:
                 raise f.error
@@ -757,19 +764,32 @@ class Tree:
                 self._store((m.inode, 0), data)
                 return data
         batch = [m] + [n for n in self._prefetch_candidates(m) if not self._on_disk(n)]
-        fetches = {}
+        fetches = await self._fetch_batch(batch)
+        f = fetches[m.uid]
+        if f.error is not None:
+            log.info("%s (expunged by another client?)", f.error)
+            raise f.error
+        assert f.data is not None
+        return f.data
+
+    async def _fetch_batch(self, batch: list[Msg]) -> dict[int, _Fetch]:
+        """Fetch whole bodies of *batch* (one folder) in one FETCH; readers of any of them wait."""
+        m = batch[0]
+        fetches: dict[int, _Fetch] = {}
         for n in batch:
             fetches[n.uid] = self._inflight[(n.inode, 0)] = _Fetch()
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
+        extra = self.fetch_extra
         try:
-            bodies = await self.pool.run(lambda c: c.fetch_bodies(raw, uidv, [n.uid for n in batch]), folder=raw)
+            got = await self.pool.run(lambda c: c.fetch_bodies(raw, uidv, [n.uid for n in batch], extra),
+                                      folder=raw)
             for n in batch:
-                body = bodies.get(n.uid)
                 f = fetches[n.uid]
-                if body is None:
+                if n.uid not in got:
                     f.error = StaleError(f"{raw!r}: the server did not deliver message UID {n.uid}")
                     continue
+                body, items = got[n.uid]
                 if len(body) != n.size:
                     log.warning("%r UID %d: server said RFC822.SIZE %d but sent %d bytes; using the bytes",
                                 raw, n.uid, n.size, len(body))
@@ -778,6 +798,8 @@ class Tree:
                 f.data = body
                 self._store((n.inode, 0), body)
                 self._persist_body(n, body)
+                for hook in self.fetch_hooks:
+                    hook(n, items)
         except BaseException as e:
             if isinstance(e, ServerUnavailable):
                 e = self._offline_miss(m, e)
@@ -789,12 +811,32 @@ class Tree:
             for n in batch:
                 self._inflight.pop((n.inode, 0), None)
                 fetches[n.uid].done.set()
-        f = fetches[m.uid]
-        if f.error is not None:
-            log.info("%s (expunged by another client?)", f.error)
-            raise f.error
-        assert f.data is not None
-        return f.data
+        return fetches
+
+    def _maybe_read_ahead(self, m: Msg) -> None:
+        """A sequential reader served from cache: fetch the next batch before it stalls on it."""
+        st = m.folder.state
+        if self.nursery is None or st is None or st.window <= 0 or st.uidvalidity != m.uidvalidity:
+            return
+        after = st.after(m.uid)
+        for i, uid in enumerate(after[: st.window]):
+            n = st.msgs.get(uid)
+            if n is None or n.size > CHUNK:
+                continue
+            key = (n.inode, 0)
+            if key in self.content or key in self._inflight or self._on_disk(n):
+                continue
+            if i >= st.window // 2:
+                return  # enough is cached ahead of the reader
+            batch = [n] + [c for c in self._prefetch_candidates(n) if not self._on_disk(c)]
+            self.nursery.start_soon(self._read_ahead, batch)
+            return
+
+    async def _read_ahead(self, batch: list[Msg]) -> None:
+        try:
+            await self._fetch_batch(batch)
+        except Exception as e:  # noqa: BLE001 - a failed read-ahead costs the reader a fetch, nothing more
+            log.debug("read-ahead failed: %s", e)
 
     def _store(self, key: tuple[int, int], data: bytes) -> None:
         try:

@@ -943,3 +943,18 @@ def test_body_uids_lists_stored_bodies(tmp_path):
         assert s.body_uids(b"F", 7) == {1, 3}
         assert s.body_uids(b"F", 8) == set()
         assert s.body_uids(b"G", 7) == set()
+
+
+def test_put_bodies_stores_a_batch_in_one_go(tmp_path):
+    from imapfs.session import RawMeta
+    from imapfs.store import Store
+    with Store(tmp_path / "c", 10 << 20) as s:
+        s.put_folder(b"F", 7, 9, None, [RawMeta(u, 3, 0, (), None) for u in range(1, 9)], replace=True)
+        n = s.put_bodies([(b"F", 7, u, b"m%d" % u) for u in range(1, 6)] + [(b"F", 8, 6, b"wrong uv"),
+                                                                           (b"G", 7, 1, b"no folder")])
+        assert n == 5
+        assert s.body_uids(b"F", 7) == {1, 2, 3, 4, 5}
+        assert s.get_body(b"F", 7, 3) == b"m3"
+        assert s.stats()["body_count"] == 5
+    with Store(tmp_path / "c", 10 << 20) as s:  # survives a reopen (and its sweep)
+        assert s.get_body(b"F", 7, 5) == b"m5"
