@@ -585,6 +585,8 @@ class Connection:
         """
         caps = self.capabilities
         if "MOVE" in caps:
+            if "UIDPLUS" not in caps and not self.uid_exists(src, uidvalidity, uid):
+                return None, False  # without COPYUID a MOVE of nothing looks like success: look first
             res = self.uid_move(src, uidvalidity, uid, dest)
             if res is None and "UIDPLUS" in caps:
                 return None, False  # the server moved nothing: the UID is gone

@@ -23,7 +23,7 @@ from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
 from tests.support.proxy import Proxy
 
-PROFILES = {"full": dv.FULL, "no-move": dv.NO_MOVE}
+PROFILES = {"full": dv.FULL, "no-move": dv.NO_MOVE, "no-uidplus": dv.NO_UIDPLUS}
 
 
 def msg(mid: str, subject: str = "hello", body: str = "body") -> bytes:
@@ -147,6 +147,13 @@ def test_rm_expunges_only_that_uid(env):
     c.uid("STORE", str(other), "+FLAGS", "(\\Deleted)")
     c.logout()
     (victim,) = [p for p in env.eml(a) if p.name.endswith("#1.eml")]
+    if env.profile == "no-uidplus":  # no UID EXPUNGE: refused rather than a bare EXPUNGE
+        with pytest.raises(OSError) as e:
+            victim.unlink()
+        assert e.value.errno == errno.EPERM
+        assert message_ids(env.d, a) == ["other-deleted", "rm1"]
+        assert b"EXPUNGE" not in env.sent()
+        return
     victim.unlink()
     assert message_ids(env.d, a) == ["other-deleted"]
     assert not victim.exists()
@@ -199,6 +206,12 @@ def test_edit_appends_new_version_then_expunges_old_keeping_flags(env):
     a = fresh(env, "EditA")
     env.d.append(a, msg("ed1", "edit me", "old text"), flags="\\Flagged $Work")
     (p,) = env.eml(a)
+    if env.profile == "no-uidplus":  # the old version could not be removed safely: refused up front
+        with pytest.raises(OSError) as e:
+            open(p, "r+b")
+        assert e.value.errno == errno.EPERM
+        assert message_ids(env.d, a) == ["ed1"]
+        return
     with open(p, "r+b") as f:
         data = f.read()
         f.seek(0)
@@ -233,7 +246,15 @@ def test_mkdir_rmdir_and_rename(env):
     assert message_ids(env.d, "Renamed/Alpha") == ["in-alpha"]
     (m,) = sorted((env.path("Renamed", "Alpha")).glob("*.eml"))
     assert b"in-alpha" in m.read_bytes()
-    m.unlink()
+    if env.profile == "no-uidplus":
+        c = env.d.client()  # rm is refused without UIDPLUS: empty it from elsewhere
+        c.select("Renamed/Alpha")
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        c.expunge()
+        c.logout()
+        eventually(lambda: not list((env.path("Renamed", "Alpha")).glob("*.eml")))
+    else:
+        m.unlink()
     (env.path("Renamed", "Alpha")).rmdir()
     env.path("Renamed").rmdir()
     assert not any(f.startswith(("Renamed", "Projects")) for f in env.d.folders())
@@ -323,4 +344,7 @@ def test_writes_after_fsync_are_stored_too(env):
         os.fsync(f.fileno())  # stored now, synchronously
         assert message_ids(env.d, a) == ["fs1"]
         f.write(b"second part\r\n")
+    if env.profile == "no-uidplus":  # the first version cannot be removed safely: both stay
+        eventually(lambda: sorted(env.d.fetch_all(a).values()) == [first, first + b"second part\r\n"])
+        return
     eventually(lambda: list(env.d.fetch_all(a).values()) == [first + b"second part\r\n"])
