@@ -44,13 +44,14 @@ class Disk:
         """Run ``fn(*args, **kw)`` (a Store method) in the store's thread."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self._limiter)
 
-    def later(self, fn: Callable[..., Any], *args: Any, size: int = 0, **kw: Any) -> None:
-        """Queue a cache update. Bodies (``size`` > 0) are dropped when the queue is full."""
+    def later(self, fn: Callable[..., Any], *args: Any, size: int = 0, **kw: Any) -> bool:
+        """Queue a cache update. Bodies (``size`` > 0) are dropped (False) when the queue is full."""
         if size and self._queued_bytes + size > QUEUE_BYTES:
-            return
+            return False
         self._queue.append((fn, args, kw, size))
         self._queued_bytes += size
         self._wakeup.set()
+        return True
 
     async def writer(self) -> None:
         """Background task: apply queued updates in order."""

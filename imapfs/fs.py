@@ -90,7 +90,7 @@ class KernelNotifier:
     """
 
     def __init__(self) -> None:
-        self.active = True
+        self.active = False  # set by the mount once the kernel channel exists
 
     def entry_removed(self, parent_inode: int, name: str) -> None:
         if not self.active:
@@ -366,6 +366,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if node.committed is not None:
             self.tree.reopen(node)
+        elif getattr(node, "journal_seq", None) is not None and not node.dirty:
+            self.tree.rejournal(node)  # written again after it went into the offline journal
         return node.write(off, buf)
 
     @_guarded
@@ -504,7 +506,7 @@ class Operations(pyfuse3.Operations):
             return (await self.tree.state_text()).encode()
         if isinstance(node, Msg):
             if name == XATTR_CACHED:  # not listed: asked for by `imapfs prefetch`
-                return b"1" if self.tree.is_cached(node) else b"0"
+                return b"1" if await self.tree.is_cached(node) else b"0"
             if name == XATTR_UID:
                 return str(node.uid).encode()
             if name == XATTR_UIDVALIDITY:

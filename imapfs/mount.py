@@ -219,6 +219,7 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
             pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
             raise ImapfsError(f"cannot mount on {cfg.mountpoint}: {e}") from None
+        notifier.active = True
         try:
             log.info("mounted %s on %s%s", cfg.label, cfg.mountpoint, "" if pool.online else " (offline)")
             ready()

@@ -19,7 +19,9 @@ started before a crash is looked up by Message-ID before it is sent again.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
 import time
 from typing import Any
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RECOVERED = b"imapfs-recovered"
 MAX_ATTEMPTS = 5
+REFUSED_TRIES = 3  # an APPEND the server answers NO this often is saved aside (like online)
 _MSGID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 
 
@@ -98,9 +101,20 @@ class Journal:
                                             "date": date, "replaces": replaces, "name": p.name}, data)
         if maybe_sent:  # the connection died during an APPEND: it may be on the server already
             await self.disk.call(self.store.journal_started, seq)
+        await self.supersede(p)  # an earlier record of this file (written or renamed since) is void
         p.dirty = False
         p.journal_seq = seq  # type: ignore[attr-defined]
         self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too
+
+    async def supersede(self, p: PendingFile) -> None:
+        """Drop the journal record of an older version of *p* (a newer one is recorded or stored)."""
+        old = getattr(p, "journal_seq", None)
+        if old is None:
+            return
+        p.journal_seq = None  # type: ignore[attr-defined]
+        if old in {e.seq for e in await self.disk.call(self.store.journal_pending)}:
+            await self.disk.call(self.store.journal_skip, old, "superseded by a later version of the file")
+            self.pending -= 1
 
     # -- showing what is owed ---------------------------------------------------------
 
@@ -212,11 +226,21 @@ class Journal:
                     log.warning("offline change %s was not applied", note)
                     continue
                 except ServerUnavailable as err:
-                    await self.disk.call(self.store.journal_failed, e.seq, str(err))
+                    # Not the change's fault: no attempt counted; what is left stays shown.
                     log.info("replay paused: %s", err)
-                    break
+                    return
                 except ImapfsError as err:
                     await self.disk.call(self.store.journal_failed, e.seq, str(err))
+                    if e.op == "append" and isinstance(err, CommandFailed) and e.attempts + 1 >= REFUSED_TRIES:
+                        # The server keeps refusing it (e.g. a zero-byte message): never dropped,
+                        # never blocking everything after it either.
+                        path = self._save_unsent(e)
+                        why = f"the server refused it {REFUSED_TRIES} times ({err}); its bytes are saved in {path}"
+                        await self.disk.call(self.store.journal_skip, e.seq, why)
+                        self.pending -= 1
+                        self.not_applied.append(f"#{e.seq} append: {why}")
+                        log.error("offline change #%d: %s", e.seq, why)
+                        continue
                     if e.attempts + 1 >= MAX_ATTEMPTS and e.op != "append":
                         await self.disk.call(self.store.journal_skip, e.seq, f"failed {MAX_ATTEMPTS} times: {err}")
                         self.pending -= 1
@@ -232,28 +256,48 @@ class Journal:
             await self._settle(touched)
 
     async def _settle(self, touched: set[bytes]) -> None:
-        """Show the server's truth again for the folders the replay touched."""
+        """Show the server's truth again for the folders whose recorded changes are all done."""
+        left = await self.disk.call(self.store.journal_pending)
+        busy: set[bytes] = set()
+        for e in left:
+            busy |= {v for k, v in e.args.items() if k in ("src", "dest", "folder", "trash") and isinstance(v, bytes)}
+        left_seqs = {e.seq for e in left}
         await self.tree.refresh_folders(force=True)
         for f in self.tree.folders():
-            if f.raw not in touched and not getattr(f, "local", False):
+            if f.raw in busy or (f.raw not in touched and not f.local):
                 continue
-            if self.pending == 0 or f.raw in touched:
-                for name, p in list(f.pending.items()):
-                    if getattr(p, "journal_seq", None) is not None:
-                        del f.pending[name]
-                        self.tree.notifier.entry_removed(f.inode, name)
-                for name in list(f.offline_entries):
-                    del f.offline_entries[name]
+            for name, p in list(f.pending.items()):
+                seq = getattr(p, "journal_seq", None)
+                if seq is not None and seq not in left_seqs and not p.dirty:
+                    del f.pending[name]
                     self.tree.notifier.entry_removed(f.inode, name)
-                f.hidden.clear()
-            if getattr(f, "local", False) and f.state is not None and f.state.uidvalidity == 0:
+            for name in list(f.offline_entries):
+                del f.offline_entries[name]
+                self.tree.notifier.entry_removed(f.inode, name)
+            f.hidden.clear()
+            if f.local and f.state is not None and f.state.uidvalidity == 0:
                 f.state = None  # created offline: now list it for real
-                f.local = False  # type: ignore[attr-defined]
+                f.local = False
             if f.selectable and f.raw is not None:
+                if f.state is not None:
+                    # A change that was not applied left its message hidden; an incremental
+                    # QRESYNC sync would not bring it back, a count check does.
+                    f.state.highestmodseq = None
                 try:
                     await self.tree.sync(f, force=True)
                 except ImapfsError as e:
                     log.debug("after replay, %r: %s", f.raw, e)
+
+    def _save_unsent(self, e: Any) -> str:
+        data = e.read_blob() or b""
+        folder = self.tree.unsent_dir
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"unsent-{e.seq}-", suffix=".eml", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
 
     async def _apply(self, e: Any) -> str:
         a = e.args
@@ -435,7 +479,7 @@ class Keeper:
                     log.debug("keep: %s", e)
                 except Exception:  # noqa: BLE001
                     log.exception("keep failed")
-            await trio.sleep(self.poll)
+            await trio.sleep(max(5.0, self.poll))
 
     async def keep(self, f: Folder) -> None:
         st = await self.tree.sync(f)

@@ -796,6 +796,7 @@ class Pool:
             raise ServerUnavailable(str(e)) from None
         if not self.online:
             log.info("reconnected to %s", self.account.label)
+            self._last_error = None
         self.online = True
         self._delay = 0.0
         self.capabilities = conn.capabilities

@@ -310,9 +310,11 @@ class Tree:
         log.info("loaded %d folders from the local cache", len(entries))
         return True
 
-    def _persist(self, fn_name: str, *args: Any, size: int = 0, **kw: Any) -> None:
-        if self.disk is not None:
-            self.disk.later(getattr(self.disk.store, fn_name), *args, size=size, **kw)
+    def _persist(self, fn_name: str, *args: Any, size: int = 0, **kw: Any) -> bool:
+        """Queue a cache update; False if it was dropped (no cache, or a full queue)."""
+        if self.disk is None:
+            return False
+        return self.disk.later(getattr(self.disk.store, fn_name), *args, size=size, **kw)
 
     def is_offline(self) -> bool:
         """True when a request would not even try the server (forced, or waiting to reconnect)."""
@@ -651,9 +653,18 @@ class Tree:
         self._persist_if_complete(m)
         return data
 
-    def is_cached(self, m: Msg) -> bool:
-        """Readable without the server: in memory or on disk."""
-        return (m.inode, 0) in self.content or self._on_disk(m)
+    async def is_cached(self, m: Msg) -> bool:
+        """Stored in the persistent cache, checked with the store (``user.imapfs.cached``)."""
+        if not self._on_disk(m) or m.folder.raw is None or self.disk is None:
+            return False
+        if self.disk.store.has_body(m.folder.raw, m.uidvalidity, m.uid):
+            return True
+        # queued but not written yet, or dropped/evicted: let the writer catch up once
+        await self.disk.flush()
+        ok = await self.disk.call(self.disk.store.has_body, m.folder.raw, m.uidvalidity, m.uid)
+        if not ok and m.folder.state is not None:
+            m.folder.state.on_disk.discard(m.uid)
+        return ok
 
     def _on_disk(self, m: Msg) -> bool:
         st = m.folder.state
@@ -689,8 +700,8 @@ class Tree:
             return
         if m.uid in st.on_disk:
             return
-        self._persist("put_body", m.folder.raw, m.uidvalidity, m.uid, data, fsync=False, size=len(data))
-        st.on_disk.add(m.uid)
+        if self._persist("put_body", m.folder.raw, m.uidvalidity, m.uid, data, fsync=False, size=len(data)):
+            st.on_disk.add(m.uid)
 
     def _persist_if_complete(self, m: Msg) -> None:
         """A big message read to its end: keep it on disk too (offline reading, prefetch)."""
@@ -1018,6 +1029,12 @@ class Tree:
         self._pendings.add(p)
         return p
 
+    def rejournal(self, p: PendingFile) -> None:
+        """A file already in the offline journal changed (written, renamed): record it again;
+        the new record supersedes the old one (see Journal.append)."""
+        p.dirty = True
+        self._pendings.add(p)
+
     def reopen(self, p: PendingFile) -> None:
         """More writes to a file that was already stored: it is pending again, as a new version."""
         p.reopen()
@@ -1039,7 +1056,8 @@ class Tree:
     async def open_for_write(self, m: Msg, truncate: bool) -> PendingFile:
         """An edit: a new version is buffered; on release it is APPENDed, then the old one expunged."""
         self._writable()
-        if "UIDPLUS" not in self.caps:
+        unknown = not self.caps and self.journal is not None  # started offline: decided at replay
+        if "UIDPLUS" not in self.caps and not unknown:
             log.error("refusing to edit %s: without UIDPLUS the old version cannot be removed safely", m.name)
             raise Unsupported("server lacks UIDPLUS")
         p = self._pending(m.folder, None, replaces=m)
@@ -1098,6 +1116,8 @@ class Tree:
         p.folder = dest
         p.name = name
         dest.pending[name] = p
+        if getattr(p, "journal_seq", None) is not None:
+            self.rejournal(p)  # its recorded folder or name is stale now
         self._touch(p)
 
     def _discard(self, p: PendingFile) -> None:
@@ -1135,6 +1155,8 @@ class Tree:
             return None
         p.dirty = False
         log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))
+        if self.journal is not None and getattr(p, "journal_seq", None) is not None:
+            await self.journal.supersede(p)
         # The message is on the server now: nothing below may make us store it
         # again, so what follows is best effort and only logged.
         new: Msg | None = None
@@ -1251,7 +1273,12 @@ class Tree:
             raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
         if self.journal is not None and self.is_offline():
             return await self.journal.mkdir(parent, name, raw)
-        await self.pool.run(lambda c: c.create(raw), retry=False)
+        try:
+            await self.pool.run(lambda c: c.create(raw), retry=False)
+        except ServerUnavailable:
+            if self.journal is None:
+                raise
+            return await self.journal.mkdir(parent, name, raw)  # replay: "already existed" is fine
         try:
             await self.pool.run(lambda c: c.subscribe(raw))
         except CommandFailed as e:
@@ -1347,12 +1374,12 @@ class Tree:
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
         if self.is_offline() or m.folder.local:
-            return m.flags
+            return tuple(f for f in m.flags if f.lower() != "\\recent")
         try:
             it = await self.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, "(UID FLAGS)"), folder=raw)
         except ServerUnavailable:
             self.note_offline((raw, "flags"), "flags shown as last seen")
-            return m.flags
+            return tuple(f for f in m.flags if f.lower() != "\\recent")
         fl = it.get(b"FLAGS") or []
         m.flags = tuple(s for s in (f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fl)
                         if s.lower() != "\\recent")

@@ -101,9 +101,11 @@ class _Reader:
 class PushListener:
     """A thread that keeps one NOTIFY or IDLE session and reports events."""
 
-    def __init__(self, account: Account, capabilities: frozenset[str], report: Callable[[Event], None]) -> None:
+    def __init__(self, account: Account, capabilities: Callable[[], frozenset[str]],
+                 report: Callable[[Event], None]) -> None:
         self.account = account
-        self.mode = "notify" if "NOTIFY" in capabilities else "idle" if "IDLE" in capabilities else None
+        self._caps = capabilities  # known once some connection logged in (not when started offline)
+        self.mode: str | None = None
         self.report = report
         self.target: bytes = b"INBOX"  # IDLE mode: the folder to watch
         self._stop = threading.Event()
@@ -129,6 +131,12 @@ class PushListener:
     def run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
+            if self.mode is None:
+                caps = self._caps()
+                if not caps:
+                    self._stop.wait(2.0)
+                    continue
+                self.mode = "notify" if "NOTIFY" in caps else "idle" if "IDLE" in caps else "none"
             try:
                 self._session()
                 delay = 1.0
@@ -167,7 +175,7 @@ class PushListener:
         raise ProtocolError("watcher command timed out")
 
     def _session(self) -> None:
-        if self.mode is None:
+        if self.mode == "none":  # neither NOTIFY nor IDLE: STATUS polling does it all
             self._stop.wait()
             return
         conn = Connection(self.account)
@@ -277,7 +285,7 @@ class Watcher:
             except (trio.WouldBlock, trio.RunFinishedError):
                 pass  # the periodic rounds will catch up
 
-        self.listener = PushListener(self.account, self.tree.caps, report)
+        self.listener = PushListener(self.account, lambda: self.tree.pool.capabilities, report)
         thread = threading.Thread(target=self.listener.run, name="imapfs-push", daemon=True)
         thread.start()
         clock = self.tree.clock

@@ -276,3 +276,40 @@ def test_keep_option_fills_the_cache_in_the_background(rig):
     m = rig.mount("keep=Archive/2026,INBOX")
     files = eventually(lambda: emls(m, "Archive/2026"))
     eventually(lambda: all(os.getxattr(p, "user.imapfs.cached") == b"1" for p in files), timeout=20)
+
+
+def test_offline_edge_cases_reach_the_server_correctly(rig, tmp_path):
+    d = rig.d
+    for f in ("A", "Doomed"):
+        d.create(f)
+    d.append("A", msg("stays-visible", "to doomed"))
+    m = rig.mount(f"cache_dir={tmp_path / 'c2'}")
+    os.listdir(m.path("Doomed"))
+    (src,) = emls(m, "A")
+    rig.server_away()
+    # 1. a new file, journaled, then written again: only the last version is stored
+    p = m.path("A", "grow.eml")
+    p.write_bytes(msg("grow", "grows", "v1"))
+    eventually(lambda: pending(m) == 1)
+    with open(p, "ab") as f:
+        f.write(b"v2\r\n")
+    # 2. a file the server will refuse (zero bytes) must not block what follows
+    m.path("A", "empty.eml").write_bytes(b"")
+    # 3. a move into a folder another device deletes meanwhile
+    os.rename(src, m.path("Doomed", src.name))
+    m.path("A", "after.eml").write_bytes(msg("after", "after the refused one"))
+    eventually(lambda: pending(m) >= 4)
+    c = d.client()
+    assert c.delete("Doomed")[0] == "OK"
+    c.logout()
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=60)
+    bodies = list(d.fetch_all("A").values())
+    grow = [b for b in bodies if b"<grow@test>" in b]
+    assert grow == [msg("grow", "grows", "v1") + b"v2\r\n"]  # once, the final version
+    assert "after" in message_ids(d, "A") and "stays-visible" in message_ids(d, "A")
+    saved = list((rig.cache / "imapfs" / "unsent").glob("unsent-*.eml"))  # XDG_CACHE_HOME/imapfs/unsent
+    assert [q.read_bytes() for q in saved] == [b""]  # refused, so kept aside, never dropped
+    assert "refused it" in state(m)
+    # the message whose move could not be applied is shown where it is again
+    eventually(lambda: any("to doomed" in q.name for q in emls(m, "A")), timeout=15)
