@@ -743,18 +743,41 @@ def _decode_base64(data: bytes) -> bytes:
     input where non-alphabet characters outnumber alphabet ones (not base64
     at all).
     """
+    return b"".join(binascii.a2b_base64(core + b"=" * (-len(core) % 4)) for core in _base64_cores(data))
+
+
+def _base64_cores(data: bytes) -> list[bytes]:
+    """The alphabet-only runs _decode_base64 decodes (checks included), shared with
+    decoded_size so that a size computed without decoding is the decoder's."""
     junk = len(_B64_JUNK.findall(data))
     if junk and junk > len(data) - junk - len(_B64_SPACE.findall(data)):
         raise DecodeError("not base64: mostly characters outside the alphabet")
-    out = []
+    cores = []
     for run in re.split(rb"=+", data):
         core = b"".join(_B64_ALPHABET.findall(run))
         if not core:
             continue
         if len(core) % 4 == 1:
             raise DecodeError("base64 data ends in a lone character")
-        out.append(binascii.a2b_base64(core + b"=" * (-len(core) % 4)))
-    return b"".join(out)
+        cores.append(core)
+    return cores
+
+
+def decoded_size(entry: PartEntry, raw: bytes) -> int | None:
+    """The length ``decode_part(entry, raw)`` returns, where it can be known without
+    decoding (binary parts in identity or base64 encoding); None otherwise.
+
+    Lets a ``.parts`` listing give exact sizes of attachments it does not decode
+    until someone reads them. Raises DecodeError exactly when decode_part would.
+    """
+    if entry.kind != "binary":
+        return None
+    enc = entry.part.encoding.lower()
+    if enc in _IDENTITY:
+        return len(raw)
+    if enc == "base64":
+        return sum(len(c) * 3 // 4 for c in _base64_cores(raw))
+    return None
 
 
 _QP_TRAILING_WS = re.compile(rb"[ \t]+(?=\r\n|\n|\Z)")

@@ -277,6 +277,10 @@ class Parts:
                       "no" if raw is None else len(raw), e.part.size)
             return [(e.name, self._file(m, e, e.name, "broken", 0, None))]
         try:
+            size = mime.decoded_size(e, raw)
+            if size is not None:
+                # An attachment's exact size without decoding it: decoded when read.
+                return [(e.name, self._file(m, e, e.name, "decoded", size, None))]
             data = mime.decode_part(e, raw)
         except mime.DecodeError as err:
             name = mime.raw_name(e)

@@ -147,6 +147,7 @@ class FolderState:
     # sequential-read detection for body prefetch
     last_read_uid: int = 0
     window: int = 0
+    ahead_at: int | None = None  # UID at which a sequential reader triggers the next read-ahead
 
     def after(self, uid: int) -> list[int]:
         return self.uids[bisect.bisect_right(self.uids, uid):]
@@ -811,6 +812,9 @@ class Tree:
                 self._persist_body(n, body)
                 for hook in self.fetch_hooks:
                     hook(n, items)
+            st = m.folder.state
+            if st is not None and len(batch) > 1:
+                st.ahead_at = batch[len(batch) // 2].uid  # read ahead once the reader gets here
         except BaseException as e:
             if isinstance(e, ServerUnavailable):
                 e = self._offline_miss(m, e)
@@ -825,10 +829,17 @@ class Tree:
         return fetches
 
     def _maybe_read_ahead(self, m: Msg) -> None:
-        """A sequential reader served from cache: fetch the next batch before it stalls on it."""
+        """A sequential reader served from cache: fetch the next batch before it stalls on it.
+
+        Checked only once the reader passes the middle of the last batch
+        (``st.ahead_at``), so a cache hit costs O(1).
+        """
         st = m.folder.state
         if self.nursery is None or st is None or st.window <= 0 or st.uidvalidity != m.uidvalidity:
             return
+        if st.ahead_at is None or m.uid < st.ahead_at:
+            return
+        st.ahead_at = None
         after = st.after(m.uid)
         for i, uid in enumerate(after[: st.window]):
             n = st.msgs.get(uid)

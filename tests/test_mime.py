@@ -1110,3 +1110,26 @@ def test_property_to_utf8_always_valid(data: bytes, charset: str | None) -> None
     out.decode("utf-8")
     if charset is None or charset.lower() in ("utf-8", "us-ascii"):
         assert len(out) >= len(data)  # nothing is dropped
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=4000), cut=st.integers(0, 8), pad=st.booleans(), tail=st.binary(max_size=12))
+def test_decoded_size_is_what_decode_part_returns(data, cut, pad, tail):
+    """The .parts listing sizes attachments without decoding them: it must be exact."""
+    import base64 as _b64
+
+    from imapfs import mime as _mime
+
+    enc = _b64.encodebytes(data)
+    if not pad:
+        enc = enc.replace(b"=", b"")
+    enc = enc[: max(0, len(enc) - cut)] + tail
+    entry = _mime.PartEntry(name="x", section="1", kind="binary",
+                            part=_mime.BodyPart(section="1", encoding="base64"))
+    try:
+        want = len(_mime.decode_part(entry, enc))
+    except _mime.DecodeError:
+        with pytest.raises(_mime.DecodeError):
+            _mime.decoded_size(entry, enc)
+        return
+    assert _mime.decoded_size(entry, enc) == want
