@@ -52,7 +52,7 @@ class PartsDir:
         self.inode = 0
         self.children: list[tuple[str, Any]] | None = None  # (name, node) once loaded
         self.gone = False
-        self.lock = trio.Lock()
+        self.lock: trio.Lock | None = None  # made when first loaded (100k messages: no 100k locks)
 
     def key(self) -> tuple:
         m = self.msg
@@ -94,16 +94,18 @@ class Parts:
         self._last_struct: dict[bytes, int] = {}  # folder → last UID whose structure was loaded
         self._window: dict[bytes, int] = {}
         tree.on_drop.append(self._dropped)
+        tree.derive = self.dir_for
         tree.fetch_extra = "BODYSTRUCTURE"  # with every body batch: .parts listings need no extra trip
         tree.fetch_hooks.append(self._fetched)
 
     # -- nodes ----------------------------------------------------------------
 
     def dir_for(self, m: Msg) -> PartsDir:
+        """The message's NAME.parts node, at inode ``m.inode | 1`` (made on first use)."""
         d = self._dirs.get(m.inode)
         if d is None or d.msg is not m:
             d = PartsDir(m, None)
-            self.tree._alloc(d)
+            d.inode = m.inode | 1
             self._dirs[m.inode] = d
         return d
 
@@ -200,6 +202,8 @@ class Parts:
     async def _load(self, d: PartsDir) -> list[tuple[str, Any]]:
         if d.children is not None:
             return d.children
+        if d.lock is None:
+            d.lock = trio.Lock()
         async with d.lock:
             if d.children is not None:
                 return d.children

@@ -65,6 +65,11 @@ _FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[^\s(){%*\
 _COOKIE_PENDING = 1 << 60
 _COOKIE_OFFLINE = 1 << 59
 PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
+# Messages: MSG_INODE_BIT | folder bucket << 33 | UID << 1, and NAME.parts at that | 1. So inode
+# order is UID order: GNU grep/fts walk directories of more than 10,000 entries in inode order,
+# and read-ahead only works when that order is the folder's.
+MSG_INODE_BIT = 1 << 61
+_BUCKET_MASK = (1 << 28) - 1
 APPEND_QUIET = 0.5
 REFUSED_APPEND_TRIES = 3  # a server that answers NO this often will not change its mind  # seconds a released file waits for rsync's utimens/setxattr/rename
 
@@ -85,10 +90,14 @@ class NullNotifier:
         pass
 
 
+def _hash(key: tuple) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little")
+
+
 def stable_inode(key: tuple) -> int:
-    """A 62-bit inode from *key*, the same on every mount (backups compare inodes)."""
-    h = int.from_bytes(hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-    h &= PENDING_INODE_BASE - 1
+    """An inode below MSG_INODE_BIT from *key*, the same on every mount (backups compare inodes)."""
+    h = _hash(key) & (MSG_INODE_BIT - 1)
     return h if h > 1024 else h + 1024
 
 
@@ -226,6 +235,9 @@ class Tree:
         self.root = Folder((), None)
         self.delimiter: str | None = "/"
         self._inodes: dict[int, Any] = {ROOT_INODE: self.root}
+        self._buckets: dict[tuple, int] = {}
+        self._bucket_keys: dict[int, tuple] = {}
+        self.derive: Callable[[Msg], Any] | None = None  # inode|1 of a message → its NAME.parts
         self._lookups: dict[int, int] = {}
         self._folders_checked = 0.0
         self._folders_lock = trio.Lock()
@@ -239,7 +251,24 @@ class Tree:
 
     # -- inode table --------------------------------------------------------
 
+    def _msg_inode(self, m: Msg) -> int:
+        """UID-ordered and stable: the folder's (path, UIDVALIDITY) picks a bucket by hash."""
+        key = (m.folder.path, m.uidvalidity)
+        b = self._buckets.get(key)
+        if b is None:
+            b = _hash(("B",) + key) & _BUCKET_MASK
+            while self._bucket_keys.get(b, key) != key:  # two folders, one bucket: probe on
+                b = (b + 1) & _BUCKET_MASK
+            self._buckets[key] = b
+            self._bucket_keys[b] = key
+        return MSG_INODE_BIT | (b << 33) | (m.uid << 1)
+
     def _alloc(self, node: Any) -> int:
+        if isinstance(node, Msg):
+            ino = self._msg_inode(node)
+            self._inodes[ino] = node  # a new incarnation of the same message takes over
+            node.inode = ino
+            return ino
         key = node.key()
         ino = stable_inode(key)
         while True:
@@ -248,7 +277,7 @@ class Tree:
                 break
             if other.key() == key:  # the same object's new incarnation: take over
                 break
-            ino = ino + 1 if ino < PENDING_INODE_BASE - 1 else 1025  # collision: probe on, deterministically
+            ino = ino + 1 if ino < MSG_INODE_BIT - 1 else 1025  # collision: probe on, deterministically
         self._inodes[ino] = node
         node.inode = ino
         return ino
@@ -256,6 +285,10 @@ class Tree:
     def node(self, inode: int) -> Any:
         n = self._inodes.get(inode)
         if n is None:
+            if inode & MSG_INODE_BIT and inode & 1 and inode < PENDING_INODE_BASE and self.derive is not None:
+                m = self._inodes.get(inode & ~1)
+                if isinstance(m, Msg):
+                    return self.derive(m)  # NAME.parts, made when first asked for
             raise NotFound(f"inode {inode} is unknown")
         return n
 
