@@ -62,7 +62,7 @@ class Config:
     timeout: float = 30.0
     poll: float = 60.0
     connections: int = 4
-    mem_cache: int = 128 * 1024 * 1024
+    mem_cache: int = 64 * 1024 * 1024
     noparts: bool = False
     read_only: bool = False
     allow_other: bool = False

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-QUEUE_BYTES = 64 * 1024 * 1024  # bodies waiting to be written; beyond, bodies are skipped
+QUEUE_BYTES = 16 * 1024 * 1024  # bodies waiting to be written; beyond, bodies are skipped (RSS)
 
 
 class Disk:

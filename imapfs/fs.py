@@ -138,10 +138,9 @@ class Operations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False
-    # No ACLs exist here, but with FUSE_POSIX_ACL the kernel caches that answer per
-    # inode: ls -l's system.posix_acl_* queries stop reaching us after the first
-    # (2,000 messages: warm ls -l 0.68 s -> 0.3 s, docs/performance.md).
-    enable_acl = True
+    # FUSE_POSIX_ACL was measured not to stop ls -l's per-entry ACL queries (the kernel
+    # still asks on every listing), so there is no reason to change permission semantics.
+    enable_acl = False
 
     def __init__(self, tree: Tree, parts: Parts | None = None, *, uid: int | None = None,
                  gid: int | None = None, read_only: bool = True) -> None:

@@ -212,7 +212,7 @@ class _Fetch:
 class Tree:
     """Folders, messages and their bytes, kept coherent with the server."""
 
-    def __init__(self, pool: Pool, *, revalidate: float = 5.0, mem_cache: int = 128 * 1024 * 1024,
+    def __init__(self, pool: Pool, *, revalidate: float = 5.0, mem_cache: int = 64 * 1024 * 1024,
                  notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic,
                  read_only: bool = False, trash: str | None = None, spool_dir: str | None = None,
                  unsent_dir: str | None = None, disk: Any = None) -> None:
@@ -655,6 +655,8 @@ class Tree:
             if data is not None:
                 if idx == 0:
                     self._maybe_read_ahead(m)
+                elif m.size > CHUNK:
+                    self._chunk_ahead(m, idx + 1)
                 return data
             f = self._inflight.get(key)
             if f is None:
@@ -677,15 +679,33 @@ class Tree:
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
 
-        async def fetch() -> bytes:
-            try:
-                return await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
-            except ServerUnavailable as e:
-                raise self._offline_miss(m, e) from None
-
-        data = await self.cached(key, fetch)
+        data = await self.cached(key, lambda: self._fetch_chunk(m, idx))
+        self._chunk_ahead(m, idx + 1)
         self._persist_if_complete(m)
         return data
+
+    async def _fetch_chunk(self, m: Msg, idx: int) -> bytes:
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        try:
+            return await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
+        except ServerUnavailable as e:
+            raise self._offline_miss(m, e) from None
+
+    def _chunk_ahead(self, m: Msg, idx: int) -> None:
+        """Reading a big message: fetch its next chunk on another connection meanwhile."""
+        key = (m.inode, idx)
+        if (self.nursery is None or idx * CHUNK >= m.size or key in self.content or key in self._inflight):
+            return
+
+        async def ahead() -> None:
+            try:
+                await self.cached(key, lambda: self._fetch_chunk(m, idx))
+                self._persist_if_complete(m)
+            except Exception as e:  # noqa: BLE001 - the reader will fetch it itself
+                log.debug("chunk read-ahead failed: %s", e)
+
+        self.nursery.start_soon(ahead)
 
     async def is_cached(self, m: Msg) -> bool:
         """Stored in the persistent cache, checked with the store (``user.imapfs.cached``)."""

@@ -122,7 +122,7 @@ def test_defaults():
     assert cfg.allow_other is cfg.allow_root is False
     assert cfg.cafile is cfg.password_file is cfg.password_command is cfg.logfile is None
     assert (cfg.timeout, cfg.poll, cfg.connections) == (30.0, 60.0, 4)  # poll: folders not in use
-    assert cfg.mem_cache == 128 << 20
+    assert cfg.mem_cache == 64 << 20
     assert cfg.fuse_options == set()
 
 

@@ -83,7 +83,8 @@ def test_cached_mail_reads_offline_and_uncached_fails_clearly(rig):
     m = rig.mount()
     files = emls(m, "Box")
     seen = {p: p.read_bytes() for p in reversed(files[:3])}  # out of order: no read-ahead of 4 and 5
-    rig.server_away()
+    rig.d.stop()  # the real server goes away
+    rig.proxy.cut()
     assert [p.name for p in emls(m, "Box")] == [p.name for p in files]  # the listing as last seen
     for p, data in seen.items():
         assert p.read_bytes() == data
@@ -98,7 +99,7 @@ def test_cached_mail_reads_offline_and_uncached_fails_clearly(rig):
     assert "last error:" in state(m)
     # one log line for the folder, not one per file
     assert m.log().count("messages of Box that are not in the local cache cannot be read") == 1
-    rig.server_back()
+    rig.d.start()  # same ports
     eventually(lambda: "state: online" in state(m), timeout=15)
     assert files[4].read_bytes() == rig.d.fetch_all("Box")[5]
 
