@@ -422,18 +422,25 @@ class Parts:
             return f"BINARY.PEEK[{s}]", f"BINARY[{s}]".encode()
         return f"BODY.PEEK[{s}]", f"BODY[{s}]".encode()
 
-    async def _whole(self, f: PartFile) -> bytes:
+    async def _fetch_part(self, f: PartFile, partial: str = "") -> Any:
+        """The part's section (``<offset.length>`` with *partial*) from the server, as sent."""
         m = f.msg
         if m.gone:
             raise StaleError(f"{m.name} was removed from the server")
         item, key = self._item(f)
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
+        it = await self.tree.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item}{partial})"),
+                                      folder=raw)
+        return it.get(key)
+
+    async def _whole(self, f: PartFile) -> bytes:
+        m = f.msg
+        raw = m.folder.raw
         sections = await self._local_sections(m, await self._root(m)) if f.mode != "binary" else {}
         data = sections.get(f.entry.section)
         if data is None:
-            it = await self.tree.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item})"), folder=raw)
-            data = it.get(key)
+            data = await self._fetch_part(f)
         if not isinstance(data, bytes) or (f.mode != "binary" and len(data) != f.entry.part.size):
             log.error("%r UID %d: the server has no part %s of %d bytes", raw, m.uid, f.entry.section,
                       f.entry.part.size)
@@ -447,16 +454,8 @@ class Parts:
         return data
 
     async def _range(self, f: PartFile, offset: int, length: int) -> bytes:
-        m = f.msg
-        if m.gone:
-            raise StaleError(f"{m.name} was removed from the server")
-        item, key = self._item(f)
-        raw, uidv = m.folder.raw, m.uidvalidity
-        assert raw is not None
-        it = await self.tree.pool.run(
-            lambda c: c.fetch_items(raw, uidv, m.uid, f"(UID {item}<{offset}.{length}>)"), folder=raw)
-        data = it.get(key)
+        data = await self._fetch_part(f, f"<{offset}.{length}>")
         if not isinstance(data, bytes):
-            log.error("%r UID %d: the server has no part %s", raw, m.uid, f.entry.section)
+            log.error("%r UID %d: the server has no part %s", f.msg.folder.raw, f.msg.uid, f.entry.section)
             raise ProtocolError("missing part")
         return data

@@ -543,22 +543,21 @@ class Connection:
                 return uidv, dst[src.index(src_uid)]
         return None
 
-    def uid_move(self, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
-        """``UID MOVE`` (RFC 6851); returns the copy's (UIDVALIDITY, UID) when the server says."""
+    def _uid_transfer(self, cmd: str, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
         self.ensure_selected(name, uidvalidity)
         typ, dat, codes = self._run_with_code(
-            "UID MOVE", "COPYUID", lambda i: i.uid("MOVE", str(uid), imapproto.quote(dest)))
+            f"UID {cmd}", "COPYUID", lambda i: i.uid(cmd, str(uid), imapproto.quote(dest)))
         if typ != "OK":
-            self._check(f"UID MOVE {uid} to {dest!r}", typ, dat)
+            self._check(f"UID {cmd} {uid} to {dest!r}", typ, dat)
         return self._copyuid(codes, uid)
 
+    def uid_move(self, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
+        """``UID MOVE`` (RFC 6851); returns the copy's (UIDVALIDITY, UID) when the server says."""
+        return self._uid_transfer("MOVE", name, uidvalidity, uid, dest)
+
     def uid_copy(self, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
-        self.ensure_selected(name, uidvalidity)
-        typ, dat, codes = self._run_with_code(
-            "UID COPY", "COPYUID", lambda i: i.uid("COPY", str(uid), imapproto.quote(dest)))
-        if typ != "OK":
-            self._check(f"UID COPY {uid} to {dest!r}", typ, dat)
-        return self._copyuid(codes, uid)
+        """``UID COPY``; returns the copy's (UIDVALIDITY, UID) when the server says (COPYUID)."""
+        return self._uid_transfer("COPY", name, uidvalidity, uid, dest)
 
     def uid_store(self, name: bytes, uidvalidity: int, uid: int, op: str, flags: Sequence[str]) -> None:
         """``UID STORE uid op (flags)``, e.g. op ``+FLAGS.SILENT``."""

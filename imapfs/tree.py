@@ -650,24 +650,13 @@ class Tree:
         key = (m.inode, idx)
         if idx == 0:
             self._note_read(m)
-        while True:
-            data = self.content.get(key)
-            if data is not None:
-                if idx == 0:
-                    self._maybe_read_ahead(m)
-                elif m.size > CHUNK:
-                    self._chunk_ahead(m, idx + 1)
-                return data
-            f = self._inflight.get(key)
-            if f is None:
-                break
-            await f.done.wait()
-            if f.data is not None:
-                if idx == 0:
-                    self._maybe_read_ahead(m)
-                return f.data
-            if f.error is not None:
-                raise f.error
+        data = await self._peek(key)
+        if data is not None:
+            if idx == 0:
+                self._maybe_read_ahead(m)
+            elif m.size > CHUNK:
+                self._chunk_ahead(m, idx + 1)
+            return data
         if m.size <= CHUNK:
             return await self._fetch_whole(m)
         if self._on_disk(m):
@@ -766,21 +755,27 @@ class Tree:
         if all(c is not None for c in chunks):
             self._persist_body(m, b"".join(chunks))  # type: ignore[arg-type]
 
-    async def cached(self, key: tuple[int, int], fetch: Callable[[], Any]) -> bytes:
-        """Bytes for *key* from the content cache, else from ``await fetch()``, fetched once
-        however many readers ask at the same time."""
+    async def _peek(self, key: tuple[int, int]) -> bytes | None:
+        """Cached bytes for *key*, waiting for a fetch of it already under way; None if neither."""
         while True:
             data = self.content.get(key)
             if data is not None:
                 return data
             f = self._inflight.get(key)
             if f is None:
-                break
+                return None
             await f.done.wait()
             if f.data is not None:
                 return f.data
             if f.error is not None:
                 raise f.error
+
+    async def cached(self, key: tuple[int, int], fetch: Callable[[], Any]) -> bytes:
+        """Bytes for *key* from the content cache, else from ``await fetch()``, fetched once
+        however many readers ask at the same time."""
+        data = await self._peek(key)
+        if data is not None:
+            return data
         f = self._inflight[key] = _Fetch()
         try:
             data = await fetch()
