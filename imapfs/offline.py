@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from .disk import Disk
-from .errors import CommandFailed, Exists, ImapfsError, NotFound, Offline, ServerUnavailable, Unsupported
+from .errors import CommandFailed, Exists, ImapfsError, NotFound, ServerUnavailable, Unsupported
 from .pending import PendingFile
 from .session import Connection
 from .tree import Folder, FolderState, Msg, Tree

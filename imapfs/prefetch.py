@@ -118,14 +118,12 @@ def main(argv: list[str], out: TextIO = sys.stderr) -> int:
     failed = 0
     try:
         for path, _size in todo:
-            got = 0
             try:
                 with open(path, "rb") as f:
                     while True:
                         b = f.read(CHUNK)
                         if not b:
                             break
-                        got += len(b)
                         progress.update(0, len(b))
             except OSError as e:
                 failed += 1

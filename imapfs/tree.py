@@ -665,9 +665,6 @@ class Tree:
                 for i in range(0, max(1, (len(whole) + CHUNK - 1) // CHUNK)):
                     self._store((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
                 return whole[idx * CHUNK:(idx + 1) * CHUNK]
-        raw, uidv = m.folder.raw, m.uidvalidity
-        assert raw is not None
-
         data = await self.cached(key, lambda: self._fetch_chunk(m, idx))
         self._chunk_ahead(m, idx + 1)
         self._persist_if_complete(m)

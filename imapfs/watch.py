@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 

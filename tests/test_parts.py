@@ -7,7 +7,6 @@ checked from the server's side of the wire.
 
 from __future__ import annotations
 
-import base64
 import email.policy
 import errno
 import os

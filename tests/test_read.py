@@ -7,13 +7,11 @@ IMAP connection.
 from __future__ import annotations
 
 import datetime
-import errno
 import os
 import subprocess
 
 import pytest
 
-from imapfs import naming
 from tests.support.corpus import corpus_messages
 from tests.support.dovecot import Dovecot
 from tests.support.mount import mount_dovecot
