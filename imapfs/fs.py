@@ -163,7 +163,7 @@ class Operations(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_blksize = BLOCK
         if isinstance(node, PendingFile):
-            if node.committed is not None and not node.dirty:
+            if node.stored:
                 c = self._attrs(node.committed)
                 c.st_ino = node.inode
                 return c
@@ -340,7 +340,7 @@ class Operations(pyfuse3.Operations):
             if node.mode == "broken":  # logged when the directory was listed
                 raise pyfuse3.FUSEError(errno.EIO)
             return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
-        if isinstance(node, PendingFile) and node.committed is not None and not node.dirty:
+        if isinstance(node, PendingFile) and node.stored:
             node = node.committed
         writing = bool(flags & WRITE_FLAGS)
         if writing and self.read_only:
@@ -371,7 +371,7 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self.tree.node(fh)
         if isinstance(node, PendingFile):
-            if node.committed is not None and not node.dirty:
+            if node.stored:
                 return await self.tree.read(node.committed, off, size)
             return node.read(off, size)
         if isinstance(node, PartFile):
@@ -418,7 +418,7 @@ class Operations(pyfuse3.Operations):
         target = self.tree.node(fh) if fh is not None else node
         if isinstance(target, PendingFile) and fh is not None and fields.update_size and target.committed is not None:
             self.tree.reopen(target)  # ftruncate on a handle whose file was already stored
-        if isinstance(target, PendingFile) and (target.committed is None or target.dirty):
+        if isinstance(target, PendingFile) and not target.stored:
             if fields.update_size:
                 target.truncate(attr.st_size)
             if fields.update_mtime:
@@ -462,7 +462,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, Folder):
             await self.tree.rename_folder(node, dst, new)
             return
-        if isinstance(node, PendingFile) and (node.committed is None or node.dirty):
+        if isinstance(node, PendingFile) and not node.stored:
             self.tree.rename_pending(node, dst, new)
             return
         if isinstance(node, PendingFile):
@@ -496,7 +496,7 @@ class Operations(pyfuse3.Operations):
 
     def _xnode(self, inode: int) -> Any:
         node = self.tree.node(inode)
-        if isinstance(node, PendingFile) and node.committed is not None and not node.dirty:
+        if isinstance(node, PendingFile) and node.stored:
             return node.committed
         return node
 

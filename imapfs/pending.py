@@ -45,6 +45,11 @@ class PendingFile:
         return ("P", self.inode)
 
     @property
+    def stored(self) -> bool:
+        """Stored on the server and not changed since: it now stands for ``committed``."""
+        return self.committed is not None and not self.dirty
+
+    @property
     def size(self) -> int:
         return self._size
 
