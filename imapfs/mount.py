@@ -9,6 +9,7 @@ expect of a helper). Collaborators are built here, in dependency order
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import getpass
 import logging
@@ -130,6 +131,21 @@ def fuse_options(cfg: cli.Config) -> set[str]:
     return opts
 
 
+class _LateInvalidation(logging.Filter):
+    """pyfuse3 logs ERROR with a traceback when a queued kernel invalidation reaches a
+    filesystem that was unmounted meanwhile (something changed at the moment of an
+    external ``fusermount -u``). Nothing is wrong then: the kernel has forgotten it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (str(record.msg).startswith("Failed to submit invalidate") and isinstance(exc, OSError)
+                and exc.errno in (errno.EINVAL, errno.ENOTCONN, errno.EBADF, errno.ENODEV)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def default_logfile() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "imapfs", "imapfs.log")
@@ -162,6 +178,7 @@ def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
     root.setLevel(logging.DEBUG if cfg.debug else logging.INFO)
     # pyfuse3 logs every request at DEBUG; keep it at INFO unless asked twice.
     logging.getLogger("pyfuse3").setLevel(logging.INFO)
+    logging.getLogger("pyfuse3").addFilter(_LateInvalidation())
 
 
 def default_cache_dir(cfg: cli.Config) -> str:

@@ -34,6 +34,7 @@ from .errors import (
     ConnectError,
     Exists,
     ImapfsError,
+    NotEmpty,
     Unsupported,
     NotFound,
     ProtocolError,
@@ -670,6 +671,18 @@ class Connection:
 
     def delete(self, name: bytes) -> None:
         self._mailbox_cmd("DELETE", name)
+
+    def delete_if_empty(self, name: bytes) -> None:
+        """DELETE *name* only if SELECT, just before on this connection, shows no message.
+
+        IMAP has no "delete if empty"; checking on the same connection right
+        before DELETE leaves one round trip for another client's delivery to
+        slip in, instead of the time since the folder was last synced.
+        """
+        info = self.select(name)
+        if info.exists:
+            raise NotEmpty(f"{name.decode('ascii', 'replace')} holds {info.exists} messages")
+        self.delete(name)
 
     def rename(self, old: bytes, new: bytes) -> None:
         self._mailbox_cmd("RENAME", old, new)

@@ -1368,7 +1368,10 @@ class Tree:
         raw = f.raw or self._server_name(f.path)
         await self.pool.deselect_everywhere(raw)
         try:
-            await self.pool.run(lambda c: c.delete(raw), retry=False)
+            if f.selectable:
+                await self.pool.run(lambda c: c.delete_if_empty(raw), retry=False)
+            else:
+                await self.pool.run(lambda c: c.delete(raw), retry=False)
         except (CommandFailed, NotFound):
             if f.selectable:
                 raise
