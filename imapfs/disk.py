@@ -75,7 +75,10 @@ class Disk:
                     batch.append(a2[:4])
                 fn, args, kw = batched, (batch,), {}
             try:
-                await self.call(fn, *args, **kw)
+                # Shielded: once taken off the queue, an update must reach the store even
+                # if the writer is cancelled at unmount (the final flush would not see it).
+                with trio.CancelScope(shield=True):
+                    await self.call(fn, *args, **kw)
             except StoreError as e:
                 key = type(e).__name__ + getattr(fn, "__name__", "")
                 if key not in self._warned:

@@ -217,7 +217,11 @@ class Journal:
                     if isinstance(e.args.get(key), bytes):
                         touched.add(e.args[key])
                 try:
-                    outcome = await self._apply(e)
+                    # Shielded: a change sent to the server is also marked done, even if
+                    # the mount is being torn down (else the next mount would redo it).
+                    with trio.CancelScope(shield=True):
+                        outcome = await self._apply(e)
+                        await self.disk.call(self.store.journal_done, e.seq, outcome)
                 except Skip as s:
                     await self.disk.call(self.store.journal_skip, e.seq, str(s))
                     self.pending -= 1
@@ -250,7 +254,6 @@ class Journal:
                         continue
                     log.error("offline change #%d (%s) failed: %s; will retry", e.seq, e.op, err)
                     break  # keep the order: later changes may depend on this one
-                await self.disk.call(self.store.journal_done, e.seq, outcome)
                 self.pending -= 1
                 log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
             await self._settle(touched)
