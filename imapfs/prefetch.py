@@ -95,6 +95,14 @@ class Progress:
 
 
 def main(argv: list[str], out: TextIO = sys.stderr) -> int:
+    try:
+        return _main(argv, out)
+    except KeyboardInterrupt:  # also while still looking for what to fetch
+        out.write("\nprefetch: interrupted; run the same command again to continue\n")
+        return 130
+
+
+def _main(argv: list[str], out: TextIO) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         out.write(USAGE)
         return 0 if argv else 2

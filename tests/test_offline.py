@@ -11,6 +11,7 @@ import errno
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import time
@@ -241,18 +242,26 @@ def test_prefetch_makes_a_folder_readable_offline_and_resumes(rig):
 
 
 def test_prefetch_shows_progress_on_a_terminal_and_can_be_interrupted(tmp_path):
-    r = Rig(tmp_path, delay_ms=150)  # slow link: the run takes long enough to interrupt
+    r = Rig(tmp_path, delay_ms=200)  # slow link: the run takes seconds, long enough to interrupt
     try:
-        for i in range(40):
+        for i in range(120):
             r.d.append("Slow", msg(f"s{i}", f"slow {i}", "y" * 20000))
         m = r.mount()
         master, slave = pty.openpty()
         proc = subprocess.Popen(imapfs_command() + ["prefetch", str(m.path("Slow"))], stdout=slave, stderr=slave)
         os.close(slave)
-        time.sleep(1.0)
+        out = b""
+        deadline = time.monotonic() + 60
+        # interrupt once it has fetched something, so the rerun has something to resume from
+        while not re.search(rb"prefetch: [1-9]\d*/120 messages", out) and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)
-        out = b""
         while True:
             try:
                 chunk = os.read(master, 65536)
