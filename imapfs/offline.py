@@ -18,6 +18,7 @@ started before a crash is looked up by Message-ID before it is sent again.
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import os
 import re
@@ -386,18 +387,24 @@ class Journal:
         mid = message_id(data)
         pool = self.tree.pool
         if e.started is not None and mid is not None:
-            # A run that crashed after sending it may have stored it already.
-            def look(c: Connection) -> list[int]:
-                found: list[int] = []
+            # A run that crashed (or a connection that died) after sending it may have
+            # stored it already. The Message-ID only finds candidates: an edit's old
+            # version has the same one, so only the same bytes count as "stored".
+            wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # what APPEND would have stored
+
+            def look(c: Connection) -> bool:
                 for box in (folder, RECOVERED):
                     try:
-                        found += c.search_header(box, "Message-ID", mid)
+                        for uid in c.search_header(box, "Message-ID", mid):
+                            it = c.fetch_items(box, None, uid, "(UID BODY.PEEK[])")
+                            if it.get(b"BODY[]") == wanted:
+                                return True
                     except (NotFound, CommandFailed):
                         pass
-                return found
+                return False
 
             if await pool.run(look, retry=False):
-                return f"already on the server (found by Message-ID {mid})"
+                return f"already on the server (found by Message-ID {mid}, same bytes)"
         await self.disk.call(self.store.journal_started, e.seq)
 
         def append(c: Connection) -> str:

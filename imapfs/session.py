@@ -693,7 +693,7 @@ class Connection:
     def unsubscribe(self, name: bytes) -> None:
         self._mailbox_cmd("UNSUBSCRIBE", name)
 
-    def fetch_items(self, name: bytes, uidvalidity: int, uid: int, items: str) -> dict[bytes, Any]:
+    def fetch_items(self, name: bytes, uidvalidity: int | None, uid: int, items: str) -> dict[bytes, Any]:
         """Arbitrary FETCH items of one message (FLAGS, BODYSTRUCTURE, ...)."""
         self.ensure_selected(name, uidvalidity)
         for u, it in self.uid_fetch(str(uid), items):

@@ -323,3 +323,28 @@ def test_offline_edge_cases_reach_the_server_correctly(rig, tmp_path):
     assert "refused it" in state(m)
     # the message whose move could not be applied is shown where it is again
     eventually(lambda: any("to doomed" in q.name for q in emls(m, "A")), timeout=15)
+
+
+def test_offline_edit_and_rm_to_trash_are_replayed(rig):
+    d = rig.d
+    d.create("Trash")
+    d.append("INBOX", msg("ed", "edit offline", "old text"), flags="\\Flagged")
+    d.append("INBOX", msg("tr", "trash offline"))
+    m = rig.mount("trash=auto")
+    os.listdir(m.path("Trash"))
+    files = {("edit" if "edit" in p.name else "trash"): p for p in emls(m, "INBOX")}
+    files["edit"].read_bytes()
+    rig.server_away()
+    with open(files["edit"], "r+b") as f:  # an edit while offline: journaled as a new version
+        data = f.read()
+        f.seek(0)
+        f.write(data.replace(b"old text", b"new text"))
+    files["trash"].unlink()  # rm with trash=auto while offline: journaled as a move to Trash
+    assert not files["trash"].exists()
+    eventually(lambda: pending(m) == 2)
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=30)
+    inbox = list(d.fetch_all("INBOX").values())
+    assert len(inbox) == 1 and b"new text" in inbox[0]  # the new version, once; the old one expunged
+    assert "\\Flagged" in next(iter(d.flags("INBOX").values()))  # flags carried over
+    assert message_ids(d, "Trash") == ["tr"]
