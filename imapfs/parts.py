@@ -30,7 +30,6 @@ import trio
 
 from . import mime
 from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
-from .imapproto import format_uid_set
 from .session import Connection
 from .tree import CHUNK, Msg, Tree
 
@@ -180,17 +179,7 @@ class Parts:
         self._last_struct[raw] = m.uid
 
         def fetch(c: Connection) -> list[tuple[int, dict]]:
-            c.ensure_selected(raw, uidv)
-            got = c.uid_fetch(format_uid_set(uids), "(UID BODYSTRUCTURE)")
-            if not any(u == m.uid and b"BODYSTRUCTURE" in it for u, it in got):
-                # Seen once under load: a connection whose SELECT had gone stale answered
-                # nothing for a message it had not been told of. Select afresh, ask again.
-                if c.select(raw).uidvalidity != uidv:
-                    raise StaleError(f"UIDVALIDITY of {raw!r} changed")
-                got = c.uid_fetch(str(m.uid), "(UID BODYSTRUCTURE)")
-                if any(u == m.uid for u, _it in got):
-                    log.info("%r UID %d: BODYSTRUCTURE only after a fresh SELECT", raw, m.uid)
-            return got
+            return c.fetch_uids(raw, uidv, uids, "(UID BODYSTRUCTURE)")
 
         for uid, it in await self.tree.pool.run(fetch, folder=raw):
             n = st.msgs.get(uid) if st is not None else (m if uid == m.uid else None)

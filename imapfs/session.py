@@ -52,6 +52,7 @@ imaplib._MAXLINE = 64 * 1024 * 1024  # type: ignore[attr-defined]
 T = TypeVar("T")
 
 META_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+_PASSING_ITEMS = {b"UID", b"FLAGS", b"MODSEQ"}  # what an unsolicited FETCH in passing carries
 
 
 @dataclass
@@ -403,6 +404,23 @@ class Connection:
                 out.append((uid, it))
         return out
 
+    def fetch_uids(self, name: bytes, uidvalidity: int | None, uids: Sequence[int],
+                   items: str) -> list[tuple[int, dict[bytes, Any]]]:
+        """UID FETCH of these messages of *name*; one the answer leaves out is asked for
+        again after a fresh SELECT (same UIDVALIDITY), because a mailbox selected on
+        this connection can lag behind what another client just added (seen in CI).
+        Only then is a message taken to be gone."""
+        self.ensure_selected(name, uidvalidity)
+        got = self.uid_fetch(imapproto.format_uid_set(uids), items)
+        answered = {u for u, it in got if it.keys() - _PASSING_ITEMS}
+        missing = [u for u in uids if u not in answered]
+        if missing:
+            info = self.select(name)
+            if uidvalidity is not None and info.uidvalidity != uidvalidity:
+                raise StaleError(f"UIDVALIDITY of {name.decode('ascii', 'replace')} changed")
+            got += self.uid_fetch(imapproto.format_uid_set(missing), items)
+        return got
+
     def sync(self, name: bytes, known: Known | None) -> SyncResult:
         """Bring the caller's view of folder *name* up to date in one thread hop.
 
@@ -492,11 +510,10 @@ class Connection:
                      extra: str = "") -> dict[int, tuple[bytes, dict[bytes, Any]]]:
         """Whole ``BODY[]`` of several messages in one round trip, with *extra* items
         (e.g. BODYSTRUCTURE, so listing their ``.parts`` later costs no round trip)."""
-        self.ensure_selected(name, uidvalidity)
         want = set(uids)
         out: dict[int, tuple[bytes, dict[bytes, Any]]] = {}
         items = f"(UID BODY.PEEK[]{' ' + extra if extra else ''})"
-        for uid, it in self.uid_fetch(imapproto.format_uid_set(uids), items):
+        for uid, it in self.fetch_uids(name, uidvalidity, uids, items):
             body = it.get(b"BODY[]")
             if uid in want and isinstance(body, bytes):
                 out[uid] = (body, it)
@@ -504,8 +521,7 @@ class Connection:
 
     def fetch_range(self, name: bytes, uidvalidity: int, uid: int, offset: int, length: int) -> bytes:
         """``BODY.PEEK[]<offset.length>`` of one message."""
-        self.ensure_selected(name, uidvalidity)
-        for u, it in self.uid_fetch(str(uid), f"(UID BODY.PEEK[]<{offset}.{length}>)"):
+        for u, it in self.fetch_uids(name, uidvalidity, [uid], f"(UID BODY.PEEK[]<{offset}.{length}>)"):
             body = it.get(b"BODY[]")
             if u == uid and isinstance(body, bytes):
                 return body
@@ -695,8 +711,7 @@ class Connection:
 
     def fetch_items(self, name: bytes, uidvalidity: int | None, uid: int, items: str) -> dict[bytes, Any]:
         """Arbitrary FETCH items of one message (FLAGS, BODYSTRUCTURE, ...)."""
-        self.ensure_selected(name, uidvalidity)
-        for u, it in self.uid_fetch(str(uid), items):
+        for u, it in self.fetch_uids(name, uidvalidity, [uid], items):
             if u == uid:
                 return it
         raise NotFound(f"message UID {uid} is gone from {name.decode('ascii', 'replace')}")
