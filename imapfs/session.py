@@ -418,7 +418,11 @@ class Connection:
             info = self.select(name)
             if uidvalidity is not None and info.uidvalidity != uidvalidity:
                 raise StaleError(f"UIDVALIDITY of {name.decode('ascii', 'replace')} changed")
-            got += self.uid_fetch(imapproto.format_uid_set(missing), items)
+            late = self.uid_fetch(imapproto.format_uid_set(missing), items)
+            if any(it.keys() - _PASSING_ITEMS for _u, it in late):
+                log.info("%s: UIDs %s answered only after a fresh SELECT",
+                         name.decode("ascii", "replace"), imapproto.format_uid_set(missing))
+            got += late
         return got
 
     def sync(self, name: bytes, known: Known | None) -> SyncResult:
