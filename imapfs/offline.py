@@ -239,7 +239,7 @@ class Journal:
                     if e.op == "append" and isinstance(err, CommandFailed) and e.attempts + 1 >= REFUSED_TRIES:
                         # The server keeps refusing it (e.g. a zero-byte message): never dropped,
                         # never blocking everything after it either.
-                        path = self._save_unsent(e)
+                        path = await trio.to_thread.run_sync(self._save_unsent, e)  # fsync: off the loop
                         why = f"the server refused it {REFUSED_TRIES} times ({err}); its bytes are saved in {path}"
                         await self.disk.call(self.store.journal_skip, e.seq, why)
                         self.pending -= 1

@@ -697,7 +697,7 @@ class Tree:
         """Stored in the persistent cache, checked with the store (``user.imapfs.cached``)."""
         if not self._on_disk(m) or m.folder.raw is None or self.disk is None:
             return False
-        if self.disk.store.has_body(m.folder.raw, m.uidvalidity, m.uid):
+        if await self.disk.call(self.disk.store.has_body, m.folder.raw, m.uidvalidity, m.uid):
             return True
         # queued but not written yet, or dropped/evicted: let the writer catch up once
         await self.disk.flush()
@@ -1279,7 +1279,7 @@ class Tree:
                 # The server keeps saying NO (e.g. "Can't save a zero byte message"):
                 # retrying forever helps nobody; keep the bytes where the user can find them.
                 try:
-                    path = p.save_copy(self.unsent_dir)
+                    path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir)
                 except OSError as err:
                     log.critical("could not save %s to %s either (%s); keeping it in memory",
                                  p.name, self.unsent_dir, err)
@@ -1305,7 +1305,7 @@ class Tree:
                     await self.commit(p)
             except Exception as e:  # noqa: BLE001
                 try:
-                    path = p.save_copy(self.unsent_dir)
+                    path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir)
                 except OSError as err:
                     log.critical("could not store %s in %s at unmount (%s) nor save it in %s (%s)",
                                  p.name or "an edited message", p.folder.raw, e, self.unsent_dir, err)
