@@ -1040,20 +1040,14 @@ class Tree:
             log.error("refusing to delete %s: the server lacks UIDPLUS, and a plain EXPUNGE could "
                       "remove other clients' deleted mail", m.name)
             raise Unsupported("server lacks UIDPLUS")
-        async with self._msg_lock(m):
-            if m.gone:
-                raise NotFound(f"{m.name} is gone")
-            src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
-            assert src is not None
-            try:
-                await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
-            except ServerUnavailable:
-                if self.journal is None:
-                    raise
-                await self.journal.delete(m, None)
-                return
-            log.info("deleted %s/%s", src.decode("ascii", "replace"), m.name)
-            self._forget_msg(m)
+        try:
+            await self._expunge(m)
+        except ServerUnavailable:
+            if self.journal is None:
+                raise
+            await self.journal.delete(m, None)
+            return
+        log.info("deleted %s/%s", (m.folder.raw or b"").decode("ascii", "replace"), m.name)
 
     async def set_flags(self, m: Msg, flags: list[str]) -> None:
         self._writable()
@@ -1246,9 +1240,13 @@ class Tree:
         if "UIDPLUS" not in self.caps:
             log.warning("kept the old version of %s: without UIDPLUS it cannot be removed safely", m.name)
             return
+        await self._expunge(m)
+
+    async def _expunge(self, m: Msg) -> None:
+        """\\Deleted + UID EXPUNGE of exactly this UID, under the message's lock, then forget it."""
         async with self._msg_lock(m):
             if m.gone:
-                raise NotFound(m.name)
+                raise NotFound(f"{m.name} is gone")
             src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
             assert src is not None
             await self.pool.run(lambda c: c.expunge_message(src, uidv, uid), folder=src, retry=False)
