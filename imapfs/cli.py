@@ -40,8 +40,11 @@ _IGNORED = {
     "noiversion", "mand", "nomand",
 }
 _IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=")
-_FLAG_OPTS = {"ro", "noparts", "allow_other", "allow_root", "debug", "foreground", "default_permissions",
-              "offline"}
+# Options without a value → the Config field they set (None: accepted, always on anyway).
+_FLAG_OPTS: dict[str, str | None] = {
+    "ro": "read_only", "noparts": "noparts", "allow_other": "allow_other", "allow_root": "allow_root",
+    "debug": "debug", "foreground": "foreground", "offline": "offline", "default_permissions": None,
+}
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)[iI]?[bB]?$")
 
 
@@ -142,20 +145,9 @@ def _apply_option(cfg: Config, opt: str) -> None:
     if name in _FLAG_OPTS:
         if eq:
             raise ConfigError(f"option {name} takes no value")
-        if name == "ro":
-            cfg.read_only = True
-        elif name == "noparts":
-            cfg.noparts = True
-        elif name == "allow_other":
-            cfg.allow_other = True
-        elif name == "allow_root":
-            cfg.allow_root = True
-        elif name == "debug":
-            cfg.debug = True
-        elif name == "foreground":
-            cfg.foreground = True
-        elif name == "offline":
-            cfg.offline = True
+        attr = _FLAG_OPTS[name]
+        if attr is not None:
+            setattr(cfg, attr, True)
         return
     if not eq:
         raise ConfigError(f"unknown option {name!r} (see docs/usage.md)")
