@@ -78,7 +78,7 @@ def test_move_cut_never_loses_mail(rig, cut_at, forward, journal):
     d.append("INBOX", msg("keep-me", "precious"))
     d.append("INBOX", msg("bystander"))
     (src,) = [p for p in sorted(m.path("INBOX").glob("*.eml")) if "precious" in p.name]
-    proxy.cut_when(cut_at, forward=forward)
+    cut = proxy.cut_when(cut_at, forward=forward)
     if journal:
         os.rename(src, m.path("B", src.name))  # recorded; replayed once the server answers
         eventually(lambda: "keep-me" not in message_ids(d, "INBOX"), timeout=20)
@@ -86,6 +86,7 @@ def test_move_cut_never_loses_mail(rig, cut_at, forward, journal):
         with pytest.raises(OSError) as e:
             os.rename(src, m.path("B", src.name))
         assert e.value.errno == errno.EIO
+    assert cut.fired == 1  # the move really was cut there (else this proves nothing)
     ids = all_ids(d, "INBOX", "B")
     assert "keep-me" in message_ids(d, "B")  # the copy was confirmed before anything else
     assert ids.count("bystander") == 1 and 1 <= ids.count("keep-me") <= 2
@@ -99,25 +100,28 @@ def test_move_cut_with_uid_move(rig):
     eventually(lambda: m.path("B").is_dir())
     d.append("INBOX", msg("moved-blind"))
     (src,) = sorted(m.path("INBOX").glob("*.eml"))
-    proxy.cut_when(b"UID MOVE", forward=True)
+    cut = proxy.cut_when(b"UID MOVE", forward=True)
     with pytest.raises(OSError):
         os.rename(src, m.path("B", src.name))
+    assert cut.fired == 1
     assert all_ids(d, "INBOX", "B") == ["moved-blind"]
     recovers(m, "B")
 
 
 def test_append_cut_before_server_sees_it_is_retried(rig, tmp_path):
     d, proxy, m = rig()
-    proxy.cut_when(b"APPEND", forward=False)
+    cut = proxy.cut_when(b"APPEND", forward=False)
     m.path("INBOX", "new.eml").write_bytes(msg("appended"))
     assert eventually(lambda: message_ids(d, "INBOX"), timeout=20) == ["appended"]
+    assert cut.fired == 1  # the first APPEND was cut, so the one stored is the retry
 
 
 def test_append_cut_after_server_stored_it_leaves_at_worst_a_duplicate(rig):
     d, proxy, m = rig()
-    proxy.cut_when_server(b"[APPENDUID", forward=False)
+    cut = proxy.cut_when_server(b"[APPENDUID", forward=False)
     m.path("INBOX", "new.eml").write_bytes(msg("maybe-twice"))
     ids = eventually(lambda: message_ids(d, "INBOX"), timeout=20)
+    eventually(lambda: cut.fired == 1)  # the server stored it and the answer was cut
     assert set(ids) == {"maybe-twice"} and 1 <= len(ids) <= 2
     recovers(m, "INBOX")
 
@@ -126,11 +130,12 @@ def test_edit_cut_after_new_version_keeps_both(rig):
     d, proxy, m = rig(capabilities=dv.FULL)
     d.append("INBOX", msg("ed", "v1", "version one"))
     (p,) = sorted(m.path("INBOX").glob("*.eml"))
-    proxy.cut_when(b"UID STORE", forward=False)  # the old version's \Deleted never arrives
+    cut = proxy.cut_when(b"UID STORE", forward=False)  # the old version's \Deleted never arrives
     with open(p, "r+b") as f:
         f.write(f.read().replace(b"version one", b"version two"))
     bodies = eventually(lambda: [b for b in d.fetch_all("INBOX").values() if b"version two" in b], timeout=20)
     assert bodies
+    eventually(lambda: cut.fired == 1)  # the STORE comes after the new version's APPEND
     assert any(b"version one" in b for b in d.fetch_all("INBOX").values())  # old one not lost either
     recovers(m, "INBOX")
 

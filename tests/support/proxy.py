@@ -3,8 +3,9 @@
     with Proxy(dovecot.host, dovecot.port) as p:
         ... connect the client to 127.0.0.1:p.port ...
         p.cut()                                # drop every connection now
-        p.cut_when(b"UID MOVE")                # drop when the client sends it
+        cut = p.cut_when(b"UID MOVE")          # drop when the client sends it
         p.cut_when_server(b"[APPENDUID")       # server did it, client never hears
+        assert cut.fired == 1                  # the cut really happened
         p.rewrite_server = lambda b: b.replace(b" STARTTLS", b"")   # MITM
         p.bytes_server_to_client               # e.g. assert < 20 MB
 
@@ -235,11 +236,16 @@ class ProxyConnection:
 
 
 class _Trigger:
+    """An armed cut; ``fired`` counts the connections it dropped (tests assert it)."""
+
     def __init__(self, trigger: Trigger, forward: bool, once: bool, grace: float):
         if not (isinstance(trigger, (bytes, bytearray)) or callable(trigger)):
             raise TypeError("trigger must be bytes or a callable on bytes")
         self.trigger, self.forward, self.once, self.grace = trigger, forward, once, grace
         self.fired = 0
+
+    def __repr__(self) -> str:
+        return f"<cut on {self.trigger!r}, fired {self.fired}>"
 
 
 def _before_line(buf: bytes | bytearray, pos: int) -> int:
@@ -388,7 +394,7 @@ class Proxy:
         return len(conns) + len(hung)
 
     def cut_when(self, trigger: Trigger, forward: bool = False, once: bool = True,
-                 grace: float = 2.0) -> None:
+                 grace: float = 2.0) -> _Trigger:
         """Drop a connection as soon as its client has sent ``trigger``.
 
         ``trigger``: bytes searched in everything that connection's client sent
@@ -398,21 +404,27 @@ class Proxy:
         ``forward=True``: the data is forwarded, the client is dropped at once
         and never sees an answer; the server connection stays open until the
         server answers (or ``grace`` seconds), so the command really runs.
-        ``once``: disarm after the first cut.
+        ``once``: disarm after the first cut.  Returns the trigger: a test
+        asserts ``fired`` so that it cannot pass without the cut.
         """
+        t = _Trigger(trigger, forward, once, grace)
         with self._lock:
-            self._client_triggers.append(_Trigger(trigger, forward, once, grace))
+            self._client_triggers.append(t)
+        return t
 
     def cut_when_server(self, trigger: Trigger, forward: bool = False,
-                        once: bool = True) -> None:
+                        once: bool = True) -> _Trigger:
         """Drop a connection as soon as its server sends ``trigger``.
 
         ``forward=False``: the client never sees the line holding the match,
         e.g. ``b"[APPENDUID"``: the server stored the message, the client
         never learns it.  ``forward=True``: the client gets that data first.
+        Returns the trigger (see :meth:`cut_when`).
         """
+        t = _Trigger(trigger, forward, once, 0.0)
         with self._lock:
-            self._server_triggers.append(_Trigger(trigger, forward, once, 0.0))
+            self._server_triggers.append(t)
+        return t
 
     def clear_triggers(self) -> None:
         with self._lock:
