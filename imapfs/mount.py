@@ -146,6 +146,50 @@ class _LateInvalidation(logging.Filter):
         return True
 
 
+def secret_forms(secret: str) -> list[str]:
+    """The spellings a secret could take in a message: as is, repr-escaped, UTF-8 bytes' repr."""
+    if not secret:
+        return []
+    forms = {secret, repr(secret)[1:-1], repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
+             secret.encode("unicode_escape").decode("ascii")}
+    return sorted(forms, key=len, reverse=True)
+
+
+def redact(text: str, secret: str) -> str:
+    """*text* with every spelling of *secret* replaced by ``***``."""
+    for form in secret_forms(secret):
+        text = text.replace(form, "***")
+    return text
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: no log record (message, arguments, traceback) shows the password.
+
+    No code path should log it in the first place (session.Connection._login
+    builds its errors without it); this catches what a future bug would leak.
+    """
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg, self.secret)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text, self.secret)
+        return True
+
+
+def redact_logs(secret: str) -> None:
+    """Put the password filter on every handler of the root logger (after setup_logging)."""
+    for h in logging.getLogger().handlers:
+        h.addFilter(_Redact(secret))
+
+
 def default_logfile() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "imapfs", "imapfs.log")
@@ -308,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.register(signal.SIGUSR1)
     if cfg.foreground:
         setup_logging(cfg, to_stderr=True)
-        return _run(cfg, account, lambda: None, report=lambda msg: print(f"imapfs: {msg}", file=sys.stderr))
+        redact_logs(password)
+        return _run(cfg, account, lambda: None,
+                    report=lambda msg: print(f"imapfs: {redact(msg, password)}", file=sys.stderr))
     return _daemonize(cfg, account)
 
 
@@ -321,6 +367,10 @@ def _run(cfg: cli.Config, account: Account, ready: Callable[[], None], report: C
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback to the log
+        log.exception("imapfs failed")
+        report(f"internal error: {type(e).__name__}: {redact(str(e), account.password)}")
+        return 1
     return 0
 
 
@@ -351,6 +401,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     setup_logging(cfg, to_stderr=False)
+    redact_logs(account.password)
     reported = False
 
     def ready() -> None:
@@ -360,6 +411,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         reported = True
 
     def report(msg: str) -> None:
+        msg = redact(msg, account.password)
         if not reported:
             os.write(w, msg.encode("utf-8", "replace") + b"\n")
         log.error("%s", msg)
@@ -369,7 +421,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         rc = _run(cfg, account, ready, report)
     except BaseException as e:  # noqa: BLE001 - the parent must hear something
         if not reported:
-            report(f"internal error: {e!r}")
+            report(f"internal error: {type(e).__name__}")
         log.exception("daemon failed")
     finally:
         if not reported:

@@ -224,28 +224,77 @@ class Connection:
             raise TLSError(f"STARTTLS with {a.host}:{a.port} failed: {_text(e.args[0] if e.args else e)}") from None
 
     def _login(self) -> None:
+        """Log in; raise AuthError/ConnectError whose text never holds the password.
+
+        AUTHENTICATE PLAIN carries UTF-8 (RFC 4616). Without it, LOGIN sends an
+        ASCII password as a quoted string and any other as a UTF-8 literal
+        (RFC 3501 literals are 8-bit; Dovecot accepts them). Whatever fails, the
+        error is built outside the ``except`` block, so no traceback, chained
+        exception or repr (UnicodeEncodeError's holds the whole argument) can
+        carry the password into a log or onto stderr.
+        """
         imap = self.imap
         assert imap is not None
         a = self.account
         if imap.state == "AUTH":  # PREAUTH over TLS or with tls=off
             return
+        where = f"{a.host}:{a.port}"
+        failure: ImapfsError | None = None
         try:
             if "AUTH=PLAIN" in imap.capabilities:
                 secret = f"\0{a.user}\0{a.password}".encode("utf-8")
                 imap.authenticate("PLAIN", lambda _challenge: secret)
             elif "LOGINDISABLED" in imap.capabilities:
-                raise AuthError(f"{a.host}:{a.port} does not allow login on this connection (LOGINDISABLED)")
-            else:
+                failure = AuthError(f"{where} does not allow login on this connection (LOGINDISABLED)")
+            elif a.user.isascii() and a.password.isascii():
                 imap.login(a.user, a.password)
+            else:
+                failure = self._login_literal()
         except imaplib.IMAP4.abort as e:
-            raise ConnectError(f"connection to {a.host}:{a.port} lost during login: {_text(e.args[0] if e.args else e)}") from None
+            failure = ConnectError(f"connection to {where} lost during login: {self._scrub(e)}")
         except imaplib.IMAP4.error as e:
-            msg = _text(e.args[0] if e.args else e).strip()
+            msg = self._scrub(e).strip()
             if msg.startswith("[") and "]" in msg:
                 msg = msg[msg.index("]") + 1 :].strip() or msg
-            raise AuthError(f"login as {a.user} on {a.host}:{a.port} failed: {msg}") from None
+            failure = AuthError(f"login as {a.user} on {where} failed: {msg}")
         except (OSError, EOFError) as e:
-            raise ConnectError(f"connection to {a.host}:{a.port} lost during login: {e}") from None
+            failure = ConnectError(f"connection to {where} lost during login: "
+                                   f"{getattr(e, 'strerror', None) or type(e).__name__}")
+        except Exception as e:  # noqa: BLE001 - e.g. UnicodeEncodeError, whose repr holds the password
+            failure = AuthError(f"login as {a.user} on {where} failed: {type(e).__name__} while sending the login")
+        if failure is not None:
+            raise failure
+
+    def _login_literal(self) -> AuthError | None:
+        """LOGIN with a non-ASCII user or password: each sent as a UTF-8 literal.
+
+        imaplib sends one literal per command, after the last argument; a
+        non-ASCII user name goes as a non-synchronizing literal (LITERAL+) inside
+        the command line, which only servers offering LITERAL+ accept.
+        """
+        imap = self.imap
+        assert imap is not None
+        a = self.account
+        if a.user.isascii():
+            user: str | bytes = imap._quote(a.user)  # type: ignore[attr-defined]
+        elif "LITERAL+" in imap.capabilities:
+            u = a.user.encode("utf-8")
+            user = b"{%d+}\r\n" % len(u) + u
+        else:
+            return AuthError(f"cannot log in as {a.user} on {a.host}:{a.port}: a non-ASCII user name "
+                             "needs AUTH=PLAIN or LITERAL+, and the server offers neither")
+        imap.literal = a.password.encode("utf-8")  # type: ignore[attr-defined]
+        typ, dat = imap._simple_command("LOGIN", user)  # type: ignore[attr-defined]
+        if typ != "OK":
+            raise imap.error(dat[-1] if dat else b"")
+        imap.state = "AUTH"
+        return None
+
+    def _scrub(self, e: BaseException) -> str:
+        """An imaplib error's text with the password (should a server echo it) blanked out."""
+        text = _text(e.args[0] if e.args else e)
+        pw = self.account.password
+        return text.replace(pw, "***") if pw else text
 
     def _refresh_capabilities(self) -> None:
         typ, dat = self._cmd("CAPABILITY", lambda i: i.capability())

@@ -296,7 +296,7 @@ class Dovecot:
             d.mkdir(exist_ok=True)
             d.chmod(0o755)
         self.passwd_path.write_text(
-            "".join(f"{u}:{pw}::::::\n" for u, pw in self.users.items()))
+            "".join(f"{u}:{pw}::::::\n" for u, pw in self.users.items()), encoding="utf-8")
         # The auth process runs as the ``dovecot`` user (default_internal_user).
         os.chown(self.passwd_path, 0, pwd.getpwnam(INTERNAL_USER).pw_gid)
         self.passwd_path.chmod(0o640)
@@ -538,7 +538,11 @@ protocol imap {{
         user = user or self.user
         c = imaplib.IMAP4(self.host, self.port, timeout=timeout)
         try:
-            c.login(user, self.users[user])
+            pw = self.users[user]
+            if pw.isascii():
+                c.login(user, pw)
+            else:  # imaplib's LOGIN sends ASCII only; SASL PLAIN is UTF-8 (RFC 4616)
+                c.authenticate("PLAIN", lambda _: f"\0{user}\0{pw}".encode("utf-8"))
         except BaseException:
             c.shutdown()
             raise
