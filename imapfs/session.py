@@ -111,7 +111,7 @@ class Known:
     count: int
     uidnext: int | None
     highestmodseq: int | None
-    max_uid: int
+    uids: frozenset[int] = frozenset()  # every UID the caller shows or deliberately skips
 
 
 @dataclass
@@ -159,6 +159,7 @@ class Connection:
         self.broken = False
         self.qresync = False  # ENABLE QRESYNC done: SELECT can report what vanished
         self.vanished: set[int] = set()
+        self.vanished_unreadable = False
         self.flag_changes: dict[int, tuple[str, ...]] = {}
         # Mailboxes for which the server told us, unasked, that something changed.
         self.changed: set[bytes] = set()
@@ -379,6 +380,7 @@ class Connection:
         self.selected = None
         self.select_info = None
         self.vanished: set[int] = set()
+        self.vanished_unreadable = False
         self.flag_changes: dict[int, tuple[str, ...]] = {}
         args = [imapproto.quote(name)]
         if qresync is not None and self.qresync:
@@ -413,12 +415,16 @@ class Connection:
         if uidvalidity is None or exists is None:
             raise ProtocolError(f"SELECT {name!r} did not report UIDVALIDITY and EXISTS")
         si = SelectInfo(uidvalidity, exists, num("UIDNEXT"), num("HIGHESTMODSEQ"))
+        self.vanished_unreadable = False
         for v in info.get("VANISHED") or []:
             if isinstance(v, bytes) and v.upper().startswith(b"(EARLIER)"):
                 try:
                     self.vanished.update(imapproto.parse_uid_set(v.split()[-1]))
                 except (ProtocolError, IndexError):
-                    raise ProtocolError(f"bad VANISHED reply {v!r}") from None
+                    # Too large or malformed: the UID-set comparison decides instead.
+                    log.warning("%s: unreadable VANISHED reply %r; comparing UID sets instead",
+                                name.decode("ascii", "replace"), v[:80])
+                    self.vanished_unreadable = True
         for _seq, it in imapproto.parse_fetch(d for d in info.get("FETCH") or [] if d is not None):
             if isinstance(it.get(b"UID"), int) and isinstance(it.get(b"FLAGS"), list):
                 self.flag_changes[it[b"UID"]] = tuple(_flag_str(f) for f in it[b"FLAGS"] if f is not None)
@@ -474,36 +480,83 @@ class Connection:
             got += late
         return got
 
-    def sync(self, name: bytes, known: Known | None) -> SyncResult:
+    def uid_set(self) -> set[int]:
+        """Every UID of the selected folder, by ``UID SEARCH`` (ESEARCH ranges where offered).
+
+        This is the ground truth a sync compares against: counters (UIDNEXT,
+        MESSAGES, HIGHESTMODSEQ) only say *whether* to look, never *what* is there.
+        """
+        if "ESEARCH" in self.capabilities:
+            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+                i.untagged_responses.pop("ESEARCH", None)
+                typ, dat = i._simple_command("UID", "SEARCH", "RETURN", "(ALL)", "ALL")
+                return typ, [dat, i.untagged_responses.pop("ESEARCH", [])]
+
+            typ, (dat, lines) = self._cmd("UID SEARCH RETURN (ALL)", do)
+            if typ != "OK":
+                self._check("UID SEARCH", typ, dat)
+            out: set[int] = set()
+            for line in lines:
+                if not isinstance(line, bytes):
+                    continue
+                words = line.split()
+                for k, w in enumerate(words[:-1]):
+                    if w.upper() == b"ALL":
+                        out.update(imapproto.parse_uid_set(words[k + 1]))
+            return out
+        typ, dat = self._cmd("UID SEARCH ALL", lambda i: i.uid("SEARCH", "ALL"))
+        if typ != "OK":
+            self._check("UID SEARCH", typ, dat)
+        found: set[int] = set()
+        for d in dat:
+            if isinstance(d, bytes):
+                for x in d.split():
+                    if not x.isdigit():
+                        raise ProtocolError(f"bad SEARCH reply {d[:80]!r}")
+                    found.add(int(x))
+        return found
+
+    def sync(self, name: bytes, known: Known | None, verify: bool = False) -> SyncResult:
         """Bring the caller's view of folder *name* up to date in one thread hop.
 
-        The cost follows what changed, not the folder's size: new messages are
-        those from the known UIDNEXT on; removals come as QRESYNC's VANISHED
-        (EARLIER), or, without it, a UID list is fetched only when EXISTS does
-        not add up; flag changes come from CONDSTORE's CHANGEDSINCE.
+        Counters decide *whether* to look (one SELECT when nothing moved); what
+        is there is decided by comparing UID sets: whenever UIDNEXT or EXISTS
+        differ from what the caller knows, or *verify* asks for it, the
+        folder's whole UID set is fetched (ESEARCH answers in ranges) and the
+        metadata of every UID the caller lacks. So a missed push event, a lost
+        APPENDUID or a stale local cache is repaired, never kept forever
+        (GUIDE §5, issue 10). Flags come from QRESYNC/CONDSTORE's CHANGEDSINCE,
+        and on *verify* without CONDSTORE from a full FLAGS fetch.
         """
         use_qresync = known is not None and known.highestmodseq and self.qresync
         info = self.select(name, (known.uidvalidity, known.highestmodseq) if use_qresync else None)
         if known is None or known.uidvalidity != info.uidvalidity:
             added = self.fetch_meta("1:*") if info.exists else []
-            return SyncResult(info, True, added, {m.uid for m in added})
+            present = {m.uid for m in added}
+            if info.exists != len(added):  # some metadata was unusable, or the folder moved meanwhile
+                present = self.uid_set()
+            return SyncResult(info, True, added, present)
         res = SyncResult(info, False, [])
-        if info.uidnext is None or info.uidnext != known.uidnext:
-            start = max(known.uidnext or 1, known.max_uid + 1)
-            if info.exists:
-                res.added = [m for m in self.fetch_meta(f"{start}:*") if m.uid >= start]
         if use_qresync:
             res.removed = set(self.vanished)
             res.flags = dict(self.flag_changes)
-            return res
-        if info.exists != known.count + len(res.added):
-            res.present = set()
-            if info.exists:
-                for uid, _it in self.uid_fetch("1:*", "(UID)"):
-                    res.present.add(uid)
-        if ("CONDSTORE" in self.capabilities and known.highestmodseq and info.highestmodseq
+            if self.vanished_unreadable:
+                verify = True
+        if verify or info.uidnext is None or info.uidnext != known.uidnext or info.exists != known.count:
+            present = self.uid_set() if info.exists else set()
+            res.present = present
+            new = present - known.uids
+            if new:
+                res.added = self.fetch_meta(imapproto.format_uid_set(new))
+        condstore = "CONDSTORE" in self.capabilities
+        if (not use_qresync and condstore and known.highestmodseq and info.highestmodseq
                 and info.highestmodseq != known.highestmodseq and info.exists):
             for uid, it in self.uid_fetch("1:*", f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"):
+                fl = it.get(b"FLAGS")
+                if isinstance(fl, list):
+                    res.flags[uid] = tuple(_flag_str(f) for f in fl if f is not None)
+        elif verify and not condstore and info.exists:
+            for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
                     res.flags[uid] = tuple(_flag_str(f) for f in fl if f is not None)
@@ -705,6 +758,11 @@ class Connection:
             if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
                 return int(parts[0]), int(parts[1])
         return None
+
+    def noop(self) -> None:
+        """A round trip that proves the connection (and the server) alive."""
+        typ, dat = self._cmd("NOOP", lambda i: i.noop())
+        self._check("NOOP", typ, dat)
 
     def deselect(self) -> None:
         """Leave the selected folder without expunging anything.
@@ -919,6 +977,23 @@ class Pool:
                     continue
                 self._idle.append(conn)
                 return result
+
+    async def probe(self) -> bool:
+        """Is the server there right now? A NOOP on a pooled connection (or a new one).
+
+        Used when something outside the pool (the push connection's EOF) says
+        the server may be gone, so ``user.imapfs.state`` does not lag behind
+        reads that are already served from the cache (issue 10 item 9).
+        """
+        if self.forced_offline:
+            return False
+        if not self.available():
+            return False
+        try:
+            await self.run(Connection.noop)
+        except ImapfsError:
+            return False
+        return True
 
     async def deselect_everywhere(self, name: bytes) -> None:
         """Make every idle connection leave *name* (and folders under it) before DELETE/RENAME."""

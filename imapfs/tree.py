@@ -153,6 +153,10 @@ class FolderState:
     uids: list[int] = field(default_factory=list)  # sorted
     on_disk: set[int] = field(default_factory=set)  # UIDs whose bytes the local cache holds
     checked: float = 0.0
+    # Convergence (issue 10): False until a sync has compared this state's UID set with
+    # the server's (a state loaded from disk, or one a failed step may have left short).
+    verified: bool = False
+    skipped: set[int] = field(default_factory=set)  # on the server, but unusable metadata: not shown
     # sequential-read detection for body prefetch
     last_read_uid: int = 0
     window: int = 0
@@ -480,8 +484,19 @@ class Tree:
 
     # -- messages -----------------------------------------------------------
 
-    async def sync(self, folder: Folder, force: bool = False) -> FolderState | None:
-        """Make the folder's message list current (cheap when nothing changed)."""
+    def _known(self, folder: Folder, st: FolderState) -> Known:
+        """What the tree holds of *folder*, as a sync compares it with the server."""
+        uids = set(st.msgs) | st.skipped
+        uids.update(u for v, u in folder.hidden if v == st.uidvalidity)
+        return Known(st.uidvalidity, len(uids), st.uidnext, st.highestmodseq, frozenset(uids))
+
+    async def sync(self, folder: Folder, force: bool = False, verify: bool = False) -> FolderState | None:
+        """Make the folder's message list current (cheap when nothing changed).
+
+        *verify* compares the whole UID set with the server's even when the
+        counters agree (full rounds, push reconnects, the first sync after a
+        remount: events can always be lost, issue 10).
+        """
         if not folder.selectable or folder.raw is None:
             return None
         st = folder.state
@@ -492,10 +507,10 @@ class Tree:
             if not force and st is not None and self.clock() - st.checked < self.revalidate:
                 return st
             raw = folder.raw
-            known = Known(st.uidvalidity, len(st.msgs), st.uidnext, st.highestmodseq,
-                          st.uids[-1] if st.uids else 0) if st else None
+            known = self._known(folder, st) if st else None
+            verify = verify or (st is not None and not st.verified)
             try:
-                res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known), folder=raw)
+                res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known, verify), folder=raw)
             except ServerUnavailable:
                 if st is None:
                     self.note_offline(raw, f"{raw.decode('ascii', 'replace')} was never cached: cannot list it")
@@ -505,7 +520,7 @@ class Tree:
                 return st
             if folder.raw != raw or folder.gone:
                 return folder.state
-            if res.reset or st is None:
+            if res.reset or st is None or known is None:
                 if st is not None:
                     log.warning("UIDVALIDITY of %s changed from %d to %d: its cached messages are void; "
                                 "names are recomputed and nothing is deleted on the server",
@@ -517,32 +532,47 @@ class Tree:
                               res.added, replace=True)
                 if self.disk is not None and known is None:
                     st.on_disk = await self.disk.call(self.disk.store.body_uids, raw, st.uidvalidity)
+                if res.present is not None:
+                    st.skipped = res.present - st.msgs.keys() - {u for v, u in folder.hidden if v == st.uidvalidity}
+                    if st.skipped:
+                        log.warning("%s: %d messages on the server cannot be shown (unusable metadata): UIDs %s",
+                                    raw.decode("ascii", "replace"), len(st.skipped), format_uid_set(st.skipped))
+                st.verified = True
                 folder.state = st
             else:
-                gone = set(res.removed)
+                # Only what the snapshot held can be judged gone: a message our own
+                # APPEND or MOVE added meanwhile was not in the server's answer yet.
+                gone = set(res.removed) & known.uids
                 if res.present is not None:
-                    gone |= {u for u in st.msgs if u not in res.present}
+                    gone |= known.uids - res.present
+                st.skipped -= gone
                 for uid in gone:
                     m = st.msgs.pop(uid, None)
                     st.on_disk.discard(uid)
                     if m is not None:
                         self._drop(m, folder.inode, m.name)
                 if gone:
+                    log.debug("%s: %d messages gone", raw.decode("ascii", "replace"), len(gone))
                     self._persist("remove_messages", raw, st.uidvalidity, sorted(gone))
+                if res.added:
+                    log.debug("%s: %d messages new", raw.decode("ascii", "replace"), len(res.added))
                 self._add(folder, st, [a for a in res.added if a.uid not in gone])
+                changed_flags = {}
                 for uid, fl in res.flags.items():
                     m = st.msgs.get(uid)
-                    if m is not None:
+                    if m is not None and m.flags != fl:
                         m.flags = fl
-                if res.flags:
-                    self._persist("set_flags_many", raw, st.uidvalidity, dict(res.flags))
+                        changed_flags[uid] = fl
+                if changed_flags:
+                    self._persist("set_flags_many", raw, st.uidvalidity, changed_flags)
                 if res.present is not None:
-                    missing = sorted(res.present - st.msgs.keys())
-                    if missing:  # present but never fetched (e.g. UIDs below UIDNEXT we missed)
-                        added = await self.pool.run(
-                            lambda c: (c.ensure_selected(raw, st.uidvalidity),
-                                       c.fetch_meta(format_uid_set(missing)))[1], folder=raw)
-                        self._add(folder, st, added)
+                    hidden = {u for v, u in folder.hidden if v == st.uidvalidity}
+                    lacking = res.present - st.msgs.keys() - hidden
+                    if lacking - st.skipped:
+                        log.warning("%s: %d messages on the server cannot be shown (unusable metadata): UIDs %s",
+                                    raw.decode("ascii", "replace"), len(lacking), format_uid_set(lacking))
+                    st.skipped = lacking
+                    st.verified = True
                 st.exists = res.info.exists
                 st.uidnext = res.info.uidnext
             st.highestmodseq = res.info.highestmodseq
@@ -960,9 +990,21 @@ class Tree:
             return st.msgs.get(uid) if st is not None and st.uidvalidity == uidv else None
         if uid in st.msgs:
             return st.msgs[uid]
-        metas = await self.pool.run(lambda c: (c.ensure_selected(raw, uidv), c.fetch_meta(str(uid)))[1],
-                                    folder=raw)
+        try:
+            metas = await self.pool.run(lambda c: (c.ensure_selected(raw, uidv), c.fetch_meta(str(uid)))[1],
+                                        folder=raw)
+        except BaseException:
+            st.verified = False  # the next sync compares UID sets and finds it
+            st.checked = 0.0
+            raise
         self._add(folder, st, metas)
+        if uid not in st.msgs:
+            # A connection whose selected view lagged, or metadata we could not use:
+            # never leave a hole that counters alone would hide (issue 10 item 1).
+            log.info("%s: UID %d not listed yet; the next sync compares UID sets",
+                     raw.decode("ascii", "replace"), uid)
+            st.verified = False
+            st.checked = 0.0
         return st.msgs.get(uid)
 
     def _forget_msg(self, m: Msg) -> None:

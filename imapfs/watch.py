@@ -111,6 +111,15 @@ class PushListener:
         self._sock: socket.socket | None = None
         self._tag = 0
         self.connected = False
+        self._was_connected = False
+
+    def _now_connected(self) -> None:
+        """A push session is live: from here on no event is missed, but some may
+        have been before it (mount, reconnect), so every folder is compared once."""
+        if not self._was_connected:
+            self._was_connected = True
+            self.report(("verify",))
+        self.connected = True
 
     def covers(self, folder: bytes) -> bool:
         """Does a live push session report changes of *folder*? (Not while reconnecting.)"""
@@ -142,6 +151,12 @@ class PushListener:
             except (ImapfsError, OSError, EOFError, ProtocolError) as e:
                 if self._stop.is_set():
                     return
+                if self._was_connected:
+                    # News that the server may be gone (or kicked us): check now, so
+                    # user.imapfs.state does not lag (issue 10 item 9); events may
+                    # have been missed, so the next session starts with a comparison.
+                    self.report(("lost",))
+                    delay = 1.0  # that session worked: start the backoff afresh
                 log.info("push connection (%s): %s; reconnecting in %.0f s", self.mode, e, delay)
                 self._stop.wait(delay)
                 delay = min(60.0, delay * 2)
@@ -174,6 +189,7 @@ class PushListener:
         raise ProtocolError("watcher command timed out")
 
     def _session(self) -> None:
+        self._was_connected = False
         if self.mode == "none":  # neither NOTIFY nor IDLE: STATUS polling does it all
             self._stop.wait()
             return
@@ -290,22 +306,36 @@ class Watcher:
         clock = self.tree.clock
         next_full = clock() + self.poll
         next_hot = clock() + self.hot_poll
+        was_online = self.tree.pool.online
         try:
             while True:
                 dirty: set[bytes] = set()
                 folders_changed = False
+                verify = False
+                lost = False
                 with trio.move_on_at(trio.current_time() + max(0.0, min(next_full, next_hot) - clock())):
                     ev = await recv.receive()
                     await trio.sleep(0.05)  # let a burst of events arrive: one sync for all
                     while True:
                         if ev[0] == "folder":
                             dirty.add(ev[1])
+                        elif ev[0] == "verify":
+                            verify = folders_changed = True
+                        elif ev[0] == "lost":
+                            lost = True
                         else:
                             folders_changed = True
                         try:
                             ev = recv.receive_nowait()
                         except trio.WouldBlock:
                             break
+                if lost and not await self.tree.pool.probe():
+                    log.info("push connection lost and the server does not answer: offline")
+                    continue  # the pool's backoff decides when to try again; rounds would only fail
+                if verify or self.tree.pool.online and not was_online:
+                    # (Re)connected: what happened meanwhile is unknown; compare everything.
+                    next_full = clock()
+                was_online = self.tree.pool.online
                 try:
                     await self._round(dirty, folders_changed, clock() >= next_hot, clock() >= next_full)
                 except ImapfsError as e:
@@ -335,9 +365,16 @@ class Watcher:
                 todo[raw] = f
         if folders_changed:
             await tree.refresh_folders(force=True)
+        verify: set[bytes] = set()
         if full:
             for f in await tree.poll_all():
                 todo[f.raw] = f  # type: ignore[index]
+            # Counters can agree while UID sets differ (a missed expunge and a missed
+            # append): every full round compares each folder the tree shows (issue 10).
+            for f in tree.folders():
+                if f.raw is not None and f.state is not None:
+                    todo[f.raw] = f
+                    verify.add(f.raw)
         elif hot:
             for f in self.hot_folders():
                 if listener.covers(f.raw) or f.raw in todo:  # type: ignore[arg-type]
@@ -347,9 +384,9 @@ class Watcher:
                 status = await tree.pool.run(lambda c: c.status(raw))
                 if f.state is not None and _status_differs(f.state, status):
                     todo[raw] = f
-        for f in todo.values():
+        for raw, f in todo.items():
             if not f.gone and f.state is not None:
-                await tree.sync(f, force=True)
+                await tree.sync(f, force=True, verify=raw in verify)
         hot_now = self.hot_folders()
         if listener.mode == "idle" and hot_now:
             best = max(hot_now, key=lambda f: (f.open_files > 0, f.last_used))
