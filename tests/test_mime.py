@@ -781,6 +781,10 @@ def test_decode_words(raw: bytes, expected: str) -> None:
         ("quoted-printable", b"trailing   \r\nspace\t\n", b"trailing\r\nspace\n"),
         ("quoted-printable", b"soft =  \r\nbreak", b"soft break"),
         ("quoted-printable", b"bare\rcr", b"bare\rcr"),
+        # where binascii.a2b_qp reads otherwise, the tolerant decoder decides:
+        ("quoted-printable", b"a==41", b"a=A"),  # a2b_qp: "=41"
+        ("quoted-printable", b"a=\rb=\r\nc", b"a=\rbc"),  # a2b_qp drops up to the next LF
+        ("quoted-printable", b"pad \t \nonly=\t\n", b"pad\nonly"),
         (
             "quoted-printable",
             b"3:50:52=\r\n PM=0D=0AReceived=0D=0A\r\n",
@@ -1133,3 +1137,133 @@ def test_decoded_size_is_what_decode_part_returns(data, cut, pad, tail):
             _mime.decoded_size(entry, enc)
         return
     assert _mime.decoded_size(entry, enc) == want
+
+
+
+# --------------------------------------------------------------------------
+# The C fast paths equal the tolerant decoders wherever they answer (issue 12)
+# --------------------------------------------------------------------------
+
+from imapfs import mime as _m  # noqa: E402
+
+_b64_soup = st.lists(st.one_of(
+    st.binary(max_size=60).map(lambda b: base64.b64encode(b)),
+    st.sampled_from([b"\r\n", b"\n", b" ", b"\t", b"=", b"==", b"\x0b", b"!", b"-", b"\x00", b"A", b"QQ"]),
+), max_size=12).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_b64_soup, st.binary(max_size=80),
+                 st.binary(max_size=300).map(lambda b: base64.encodebytes(b).replace(b"\n", b"\r\n"))))
+def test_property_base64_fast_path_equals_tolerant(data: bytes) -> None:
+    fast = _m._base64_fast(data)
+    if fast is None:
+        return
+    assert fast == _m._decode_base64(data)
+
+
+_qp_soup = st.lists(st.one_of(
+    st.sampled_from([b"=", b"==", b"=\r\n", b"=\n", b"=\r", b"\r\n", b"\n", b"\r", b" ", b"\t", b"  \r\n",
+                     b"=3D", b"=e9", b"=E9", b"=4", b"=G1", b"_", b"\x80", b"\xff", b"a"]),
+    st.binary(max_size=8),
+), max_size=20).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_qp_soup)
+def test_property_quoted_printable_fast_path_equals_tolerant(data: bytes) -> None:
+    fast = _m._qp_fast(data)
+    if fast is None:
+        return
+    assert fast == _m._decode_qp(data)
+
+
+@FAST
+@given(_text_data, _b64_data)
+def test_property_fast_paths_take_what_encoders_write(text: bytes, data: bytes) -> None:
+    """The fast paths are the common path: real encoders' output never needs the tolerant one."""
+    assert _m._base64_fast(base64.encodebytes(data).replace(b"\n", b"\r\n")) == data
+    assert _m._qp_fast(quopri.encodestring(text)) == text
+    assert _m._qp_fast(binascii.b2a_qp(data, istext=False)) == data
+
+
+def test_fast_paths_cut_in_pieces_give_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big inputs are decoded in pieces (a C call holds the GIL): pieces change nothing."""
+    data = bytes(range(256)) * 40
+    b64 = base64.encodebytes(data)
+    qp = binascii.b2a_qp(data, istext=False)
+    text = ("Grüße “quoted” 你好 " * 50).encode("utf-8") + b"\x80\xe2\x82 tail \xf0\x9f\x98"
+    want = (decode_transfer("base64", b64), decode_transfer("quoted-printable", qp),
+            [to_utf8(text, cs) for cs in ("utf-8", None, "iso-8859-1", "gb2312", "utf-16")])
+    for step in (4, 8, 100, 1000):
+        monkeypatch.setattr(_m, "STEP", step)
+        assert decode_transfer("base64", b64) == want[0] == data
+        assert decode_transfer("quoted-printable", qp) == want[1] == data
+        assert [to_utf8(text, cs) for cs in ("utf-8", None, "iso-8859-1", "gb2312", "utf-16")] == want[2]
+
+
+_UTF8_OR_BYTE = __import__("re").compile(
+    rb"""(?P<ok>(?:[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]
+       |[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}
+       |[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})+)|(?P<bad>[\x80-\xff])""", __import__("re").X)
+
+
+def _reference_utf8_or_cp1252(data: bytes) -> bytes:
+    """The former per-sequence regex implementation (quadratic-free but slow): the reference."""
+    table = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(256))
+    return "".join(m.group("ok").decode("utf-8") if m.group("ok") is not None else table[data[m.start()]]
+                   for m in _UTF8_OR_BYTE.finditer(data)).encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=6), st.text(max_size=6).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                          st.sampled_from([b"\xe2\x82", b"\xf0\x9f\x98", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90"])),
+                max_size=12).map(b"".join),
+       st.sampled_from([1, 2, 3, 5, 1 << 20]))
+def test_property_utf8_or_cp1252_is_the_per_sequence_reading(data: bytes, step: int) -> None:
+    old = _m.STEP
+    _m.STEP = step
+    try:
+        assert to_utf8(data, "utf-8") == _reference_utf8_or_cp1252(data)
+    finally:
+        _m.STEP = old
+
+
+# Generous bounds (the machine is shared): each input below took seconds to
+# hours before and takes milliseconds now; a bound 10x above that still fails
+# the old code by far.
+def test_crafted_text_part_converts_in_linear_time() -> None:
+    """4 MiB of ``\\x80a`` declared UTF-8 took 5.7 s (a regex match per byte)."""
+    import time
+
+    data = b"\x80a" * (2 * 1024 * 1024)
+    t0 = time.monotonic()
+    out = to_utf8(data, "utf-8")
+    assert time.monotonic() - t0 < 2.0
+    assert out == "\u20aca".encode("utf-8") * (2 * 1024 * 1024)
+
+
+def test_quoted_printable_long_blank_run_is_linear() -> None:
+    """Blanks not followed by a line break: the old trailing-blank regex was quadratic."""
+    import time
+
+    data = b" " * 300_000 + b"x=3D"
+    t0 = time.monotonic()
+    assert decode_transfer("quoted-printable", data) == b" " * 300_000 + b"x="
+    assert _m._decode_qp(data) == b" " * 300_000 + b"x="
+    assert time.monotonic() - t0 < 2.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_charset_text().map(lambda c: (c[0], c[2].encode(c[1]))),
+                 st.tuples(st.sampled_from([c for c, _ in _CHARSETS]), st.binary(max_size=40))),
+       st.sampled_from([1, 2, 3, 7]))
+def test_property_to_utf8_in_pieces_is_one_call(case: tuple[str, bytes], step: int) -> None:
+    label, data = case
+    whole = to_utf8(data, label)
+    old = _m.STEP
+    _m.STEP = step
+    try:
+        assert to_utf8(data, label) == whole
+    finally:
+        _m.STEP = old
