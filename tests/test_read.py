@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
 
 import pytest
 
+from tests.support import dovecot as dv
 from tests.support.corpus import corpus_messages
 from tests.support.dovecot import Dovecot
 from tests.support.mount import mount_dovecot
@@ -72,7 +74,12 @@ def test_times_are_internaldate_and_names_sort_by_date(server, mnt):
 
 def test_names_are_decoded_sanitised_and_resolvable(server, mnt):
     (name,) = _files(mnt.path("Entwürfe"))
-    assert name.startswith(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
+    c = server.client()  # the name starts with the server's INTERNALDATE in UTC (not "today")
+    c.select(dv.quote(dv.mutf7_encode("Entwürfe")))
+    (arrived,) = re.findall(rb'INTERNALDATE "([^"]+)"', c.fetch("1", "(INTERNALDATE)")[1][0])
+    c.logout()
+    when = datetime.datetime.strptime(arrived.decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+    assert name.startswith(when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d_%H%M "))
     assert " Grüße #1.eml" in name
     (cat,) = _files(mnt.path("Tom & Jerry"))
     assert "/" not in cat and cat.endswith(" #1.eml")
