@@ -17,13 +17,22 @@ first listed, so ``st_size`` is exact before the first read:
 
 A server whose answers contradict its BODYSTRUCTURE gets a log line and EIO
 for that file only.
+
+Nothing heavy runs on the trio loop: cutting sections out of a message and
+decoding a part run in a worker thread once their input is over
+:data:`SMALL`, and a part too big for the memory cache is decoded once into
+a :class:`Spool` file that every later read is served from.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import logging
-from typing import Any
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, TypeVar
 
 import cachetools
 import trio
@@ -38,6 +47,126 @@ log = logging.getLogger(__name__)
 STRUCT_WINDOW_MAX = 256
 TAIL = 64 * 1024  # bytes read around an announced BINARY.SIZE to confirm it
 _IDENTITY = {"7bit", "8bit", "binary", ""}
+SMALL = 64 * 1024  # cutting or decoding more input than this runs in a worker thread
+CPU_THREADS = 2  # worker threads for that (2 cores; the GIL makes more pointless)
+SPOOL_BUDGET = 512 * 1024 * 1024  # bytes of decoded parts kept in spool files (LRU)
+
+T = TypeVar("T")
+
+
+class _Spooled:
+    __slots__ = ("file", "size", "users", "dead")
+
+    def __init__(self, file: Any, size: int) -> None:
+        self.file = file
+        self.size = size
+        self.users = 0  # reads under way in threads: the file is closed only when none is
+        self.dead = False
+
+
+def _write_spool(directory: str | None, data: bytes) -> Any:
+    f = tempfile.TemporaryFile(prefix="imapfs-part-", dir=directory, buffering=0)  # unlinked (O_TMPFILE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[f.write(view):]
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    out = []
+    while size > 0:
+        b = os.pread(fd, size, offset)
+        if not b:
+            break
+        out.append(b)
+        size -= len(b)
+        offset += len(b)
+    return b"".join(out)
+
+
+class Spool:
+    """Decoded parts too big for the memory cache, each decoded once into an
+    unlinked temporary file, kept least-recently-used under a byte budget.
+
+    Without it such a part was fetched and decoded again for every 128 KiB
+    ``read()`` (issue 11). Files are unlinked at creation, so nothing is left
+    behind, whatever way the daemon ends; the budget may be exceeded by the
+    one part just written when it alone is larger. Writes and reads run in
+    worker threads; a file is closed only when no read of it is under way.
+    """
+
+    def __init__(self, budget: int = SPOOL_BUDGET, directory: str | None = None) -> None:
+        self.budget = budget
+        self.directory = directory
+        self.used = 0
+        self._files: OrderedDict[int, _Spooled] = OrderedDict()
+        self._making: dict[int, trio.Event] = {}
+        self._io = trio.CapacityLimiter(4)
+        self._warned = False
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._files
+
+    async def put(self, key: int, data: bytes) -> None:
+        """Keep *data* for *key* (OSError if it cannot be written: disk full...)."""
+        f = await trio.to_thread.run_sync(_write_spool, self.directory, data, limiter=self._io)
+        self.discard(key)
+        self._files[key] = _Spooled(f, len(data))
+        self.used += len(data)
+        while self.used > self.budget and len(self._files) > 1:
+            self.discard(next(iter(self._files)))
+
+    async def read(self, key: int, offset: int, size: int) -> bytes | None:
+        """*size* bytes at *offset*, or None if *key* is not spooled."""
+        e = self._files.get(key)
+        if e is None:
+            return None
+        self._files.move_to_end(key)
+        e.users += 1
+        try:
+            return await trio.to_thread.run_sync(_pread, e.file.fileno(), size, offset, limiter=self._io)
+        finally:
+            e.users -= 1
+            if e.dead and e.users == 0:
+                e.file.close()
+
+    async def read_or_make(self, key: int, offset: int, size: int, make: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Like :meth:`read`; a part not spooled yet is made with ``await make()``,
+        once however many readers ask at the same time."""
+        while True:
+            got = await self.read(key, offset, size)
+            if got is not None:
+                return got
+            ev = self._making.get(key)
+            if ev is None:
+                break
+            await ev.wait()  # made by another reader (or failed: then try ourselves)
+        ev = self._making[key] = trio.Event()
+        try:
+            data = await make()
+            try:
+                await self.put(key, data)
+            except OSError as err:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot spool a decoded part (%s): big parts are decoded again on each read", err)
+        finally:
+            del self._making[key]
+            ev.set()
+        return data[offset:offset + size]
+
+    def discard(self, key: int) -> None:
+        e = self._files.pop(key, None)
+        if e is None:
+            return
+        self.used -= e.size
+        e.dead = True
+        if e.users == 0:
+            e.file.close()
 
 
 class PartsDir:
@@ -92,6 +221,8 @@ class Parts:
         self._structs: cachetools.LRUCache = cachetools.LRUCache(maxsize=struct_cache)
         self._last_struct: dict[bytes, int] = {}  # folder → last UID whose structure was loaded
         self._window: dict[bytes, int] = {}
+        self._cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
+        self.spool = Spool(SPOOL_BUDGET, directory=tree.spool_dir)
         tree.on_drop.append(self._dropped)
         tree.derive = self.dir_for
         tree.fetch_extra = "BODYSTRUCTURE"  # with every body batch: .parts listings need no extra trip
@@ -133,6 +264,8 @@ class Parts:
             if isinstance(child, PartsDir):
                 self._release(child)
             child.gone = True
+            if isinstance(child, PartFile):
+                self.spool.discard(child.inode)
             self.tree.discard_node(child)
         self.tree.discard_node(d)
 
@@ -156,7 +289,7 @@ class Parts:
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
         disk = self.tree.disk
-        if disk is not None and (self.tree.is_offline() or self.tree.is_cached(m)):
+        if disk is not None and (self.tree.is_offline() or self.tree._on_disk(m)):
             saved = await disk.call(disk.store.get_structure, raw, uidv, m.uid)
             if saved is not None:
                 try:
@@ -225,7 +358,33 @@ class Parts:
             whole = await self.tree.read(m, 0, m.size)
         except ImapfsError:
             return {}
-        return mime.split_sections(whole, root)
+        return await self._cpu(len(whole), mime.split_sections, whole, root)
+
+    async def _cpu(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, in a worker thread when its input (*size* bytes) is not small:
+        decoding 20 MB on the loop would stall every FUSE request meanwhile."""
+        if size <= SMALL:
+            return fn(*args)
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._cpu_limiter)
+
+    def _mem_limit(self) -> int:
+        """Largest part kept whole in the memory cache; bigger ones go to the spool."""
+        return min(CHUNK, self.tree.content.maxsize // 4)
+
+    def _served_whole(self, f: PartFile) -> bool:
+        return f.mode == "decoded" or (f.size is not None and f.size <= CHUNK)
+
+    async def _keep(self, f: PartFile, data: bytes) -> None:
+        """Bytes of a whole-served file we hold anyway: cache them for its reads."""
+        if not self._served_whole(f):
+            return  # read in ranges from the server
+        if len(data) <= self._mem_limit():
+            self.tree._store((f.inode, 0), data)
+            return
+        try:
+            await self.spool.put(f.inode, data)
+        except OSError as err:
+            log.warning("cannot spool part %s of UID %d: %s", f.entry.section, f.msg.uid, err)
 
     async def _build(self, m: Msg, entries: list[mime.PartEntry], sections: dict[str, bytes]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
@@ -253,50 +412,53 @@ class Parts:
             if e.kind == "message":
                 raw = sections.get(e.section)
                 if e.part.encoding.lower() in _IDENTITY:
-                    out.append((e.name, self._file(m, e, e.name, "raw", len(raw) if raw is not None else e.part.size,
-                                                   raw)))
+                    f = self._file(m, e, e.name, "raw", len(raw) if raw is not None else e.part.size)
+                    if raw is not None:
+                        await self._keep(f, raw)
+                    out.append((e.name, f))
                 else:  # an attached message sent base64: decode it like any part
-                    out.extend(self._decoded(m, e, raw if raw is not None else fetched.get(e.section)))
+                    out.extend(await self._decoded(m, e, raw if raw is not None else fetched.get(e.section)))
                 sub = PartsDir(m, e)
                 self.tree._alloc(sub)
                 out.append((e.dir_name or e.name + ".parts", sub))
                 continue
             if e.section in sizes:
-                out.append((e.name, self._file(m, e, e.name, "binary", sizes[e.section], None)))
+                out.append((e.name, self._file(m, e, e.name, "binary", sizes[e.section])))
                 continue
             if e.section not in sections and e.section not in fetched and e.kind == "binary" and m.size > CHUNK:
                 # no BINARY, or a BINARY.SIZE we could not confirm: sized on first lookup
-                out.append((e.name, self._file(m, e, e.name, "decoded", None, None)))
+                out.append((e.name, self._file(m, e, e.name, "decoded", None)))
                 continue
             raw = sections.get(e.section, fetched.get(e.section))
-            out.extend(self._decoded(m, e, raw))
+            out.extend(await self._decoded(m, e, raw))
         return out
 
-    def _decoded(self, m: Msg, e: mime.PartEntry, raw: bytes | None) -> list[tuple[str, Any]]:
+    async def _decoded(self, m: Msg, e: mime.PartEntry, raw: bytes | None) -> list[tuple[str, Any]]:
         if raw is None or len(raw) != e.part.size:
             log.error("%r UID %d: part %s is not what BODYSTRUCTURE says (%s bytes, not %d); "
                       "reading it will fail", m.folder.raw, m.uid, e.section,
                       "no" if raw is None else len(raw), e.part.size)
-            return [(e.name, self._file(m, e, e.name, "broken", 0, None))]
+            return [(e.name, self._file(m, e, e.name, "broken", 0))]
         try:
-            size = mime.decoded_size(e, raw)
+            size = await self._cpu(len(raw), mime.decoded_size, e, raw)
             if size is not None:
                 # An attachment's exact size without decoding it: decoded when read.
-                return [(e.name, self._file(m, e, e.name, "decoded", size, None))]
-            data = mime.decode_part(e, raw)
+                return [(e.name, self._file(m, e, e.name, "decoded", size))]
+            data = await self._cpu(len(raw), mime.decode_part, e, raw)
         except mime.DecodeError as err:
             name = mime.raw_name(e)
             log.warning("%r UID %d part %s cannot be decoded (%s); serving it raw as %s",
                         m.folder.raw, m.uid, e.section, err, name)
-            return [(name, self._file(m, e, name, "raw", len(raw), raw))]
-        return [(e.name, self._file(m, e, e.name, "decoded", len(data), data))]
+            f = self._file(m, e, name, "raw", len(raw))
+            await self._keep(f, raw)
+            return [(name, f)]
+        f = self._file(m, e, e.name, "decoded", len(data))
+        await self._keep(f, data)
+        return [(e.name, f)]
 
-    def _file(self, m: Msg, e: mime.PartEntry, name: str, mode: str, size: int | None,
-              data: bytes | None) -> PartFile:
+    def _file(self, m: Msg, e: mime.PartEntry, name: str, mode: str, size: int | None) -> PartFile:
         f = PartFile(m, e, name, mode, size)
         self.tree._alloc(f)
-        if data is not None and size is not None and size <= CHUNK:
-            self.tree._store((f.inode, 0), data)
         return f
 
     async def ensure_size(self, f: PartFile) -> None:
@@ -314,16 +476,16 @@ class Parts:
             f.mode, f.size = "broken", 0
             return
         try:
-            decoded = mime.decode_part(f.entry, data)
+            decoded = await self._cpu(len(data), mime.decode_part, f.entry, data)
         except mime.DecodeError as err:
             # The name was given before we could know; serve the bytes as they are.
             log.warning("%r UID %d part %s cannot be decoded (%s); serving it undecoded",
                         raw, m.uid, f.entry.section, err)
             f.mode, f.size = "raw", len(data)
-            self.tree._store((f.inode, 0), data)
+            await self._keep(f, data)
             return
         f.size = len(decoded)
-        self.tree._store((f.inode, 0), decoded)
+        await self._keep(f, decoded)
 
     async def _fetch_sections(self, m: Msg, bodies: list[mime.PartEntry], sizes: list[mime.PartEntry]
                               ) -> tuple[dict[str, bytes], dict[str, int]]:
@@ -397,7 +559,9 @@ class Parts:
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
-        if f.mode == "decoded" or f.size <= CHUNK:
+        if self._served_whole(f):
+            if f.size > self._mem_limit():  # decoded once into the spool, read from there
+                return await self.spool.read_or_make(f.inode, offset, end - offset, lambda: self._whole(f))
             data = await self.tree.cached((f.inode, 0), lambda: self._whole(f))
             return data[offset:end]
         out = []
@@ -444,7 +608,7 @@ class Parts:
                       f.entry.part.size)
             raise ProtocolError("missing part")
         if f.mode == "decoded":
-            data = mime.decode_part(f.entry, data)
+            data = await self._cpu(len(data), mime.decode_part, f.entry, data)
         if len(data) != f.size:
             log.error("%r UID %d part %s: %d bytes now, %d when listed; the server contradicts itself",
                       raw, m.uid, f.entry.section, len(data), f.size)

@@ -141,6 +141,64 @@ def _stem(meta: RawMeta) -> str:
     return naming.message_stem(meta.uid, when, naming.decode_subject(meta.subject))
 
 
+class MsgTable(dict):
+    """UID → Msg that keeps the sum of the messages' sizes as it changes, so that
+    statfs costs O(folders) instead of a walk of every message on the trio loop."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__()
+        self.bytes = 0
+        self.update(*args, **kw)
+
+    def __setitem__(self, uid: int, m: Msg) -> None:
+        old = super().get(uid)
+        if old is not None:
+            self.bytes -= old.size
+        super().__setitem__(uid, m)
+        self.bytes += m.size
+
+    def __delitem__(self, uid: int) -> None:
+        self.bytes -= self[uid].size
+        super().__delitem__(uid)
+
+    def pop(self, uid: int, *default: Any) -> Any:
+        if uid in self:
+            m = super().pop(uid)
+            self.bytes -= m.size
+            return m
+        return super().pop(uid, *default)
+
+    def popitem(self) -> tuple[int, Msg]:
+        uid, m = super().popitem()
+        self.bytes -= m.size
+        return uid, m
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+
+    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+        for uid, m in dict(*args, **kw).items():
+            self[uid] = m
+
+    def __ior__(self, other: Any) -> MsgTable:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def setdefault(self, uid: int, default: Any = None) -> Any:
+        if uid not in self:
+            self[uid] = default
+        return self[uid]
+
+    def resize(self, m: Msg, size: int) -> None:
+        """Set ``m.size`` (a corrected RFC822.SIZE), keeping the sum right."""
+        if super().get(m.uid) is m:
+            self.bytes += size - m.size
+        m.size = size
+
+
 @dataclass
 class FolderState:
     """What we know of a selectable folder's messages."""
@@ -148,7 +206,7 @@ class FolderState:
     uidvalidity: int
     uidnext: int | None
     exists: int
-    msgs: dict[int, Msg] = field(default_factory=dict)
+    msgs: MsgTable = field(default_factory=MsgTable)
     highestmodseq: int | None = None
     uids: list[int] = field(default_factory=list)  # sorted
     on_disk: set[int] = field(default_factory=set)  # UIDs whose bytes the local cache holds
@@ -880,6 +938,8 @@ class Tree:
                 if len(body) != n.size:
                     log.warning("%r UID %d: server said RFC822.SIZE %d but sent %d bytes; using the bytes",
                                 raw, n.uid, n.size, len(body))
+                    if n.folder.state is not None:
+                        n.folder.state.msgs.resize(n, len(body))
                     n.size = len(body)
                     self.notifier.inode_changed(n.inode)
                 f.data = body
@@ -1501,13 +1561,14 @@ class Tree:
         return "\n".join(lines) + "\n"
 
     def stats(self) -> tuple[int, int]:
-        """(messages known, bytes known) for statfs."""
+        """(messages known, bytes known) for statfs: O(folders), from each MsgTable's sum."""
         count = total = 0
         stack = [self.root]
         while stack:
             f = stack.pop()
             stack.extend(f.children.values())
             if f.state is not None:
-                count += len(f.state.msgs)
-                total += sum(m.size for m in f.state.msgs.values())
+                msgs = f.state.msgs
+                count += len(msgs)
+                total += msgs.bytes if isinstance(msgs, MsgTable) else sum(m.size for m in msgs.values())
         return count, total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,12 +11,20 @@ from hypothesis import strategies as st
 from imapfs.codec import (
     EMPTY_LEVEL,
     MAX_COMPONENT_BYTES,
+    RAW_SUFFIX,
+    FolderPath,
     NameTooLong,
+    canonical_decode,
     decode_mutf7,
     encode_mutf7,
     escape_level,
+    folder_path,
     folder_to_path,
+    is_canonical,
+    map_folders,
+    new_level,
     path_to_folder,
+    raw_level,
     unescape_level,
 )
 
@@ -119,8 +129,19 @@ def test_decode_mutf7_never_raises_and_canonical_inputs_survive(wire: str) -> No
 LEVEL_ESCAPES = [
     ("Work", "Work"),
     ("Entwürfe", "Entwürfe"),
-    ("100%", "100%25"),
+    ("100%", "100%"),  # a "%" is escaped only where it would read as an escape
+    ("50% off", "50% off"),
+    ("%2", "%2"),
+    ("%2f", "%2f"),
+    ("%41", "%41"),
     ("%25", "%2525"),
+    ("%2F", "%252F"),
+    ("%00", "%2500"),
+    ("%23", "%2523"),
+    ("%2E", "%252E"),
+    ("%/", "%%2F"),
+    ("%2/", "%2%2F"),
+    ("a%%25", "a%%2525"),
     ("a/b", "a%2Fb"),
     ("a\x00b", "a%00b"),
     (".", "%2E"),
@@ -128,8 +149,14 @@ LEVEL_ESCAPES = [
     ("...", "..."),
     (".hidden", ".hidden"),
     ("", EMPTY_LEVEL),
-    ("%", "%25"),
-    ("%%", "%25%25"),
+    ("%", "%"),
+    ("%%", "%25%"),  # not EMPTY_LEVEL
+    ("%%%", "%%%"),
+    ("x #raw", "x %23raw"),  # would look like a non-canonical server name
+    ("x#raw", "x#raw"),
+    ("#raw", "#raw"),
+    ("x #raw ", "x #raw "),
+    ("x #RAW", "x #RAW"),
     ("#1.eml", "%231.eml"),
     ("#1234.parts", "%231234.parts"),
     ("Notes #0.eml", "Notes %230.eml"),
@@ -140,7 +167,7 @@ LEVEL_ESCAPES = [
     ("#x1.eml", "#x1.eml"),
     ("#1.eml\n", "#1.eml\n"),
     ("#١.eml", "#١.eml"),  # Arabic-Indic digit: not a UID
-    ("50%/#7.eml", "50%25%2F%237.eml"),
+    ("50%/#7.eml", "50%%2F%237.eml"),
     (" ", " "),
     ("INBOX", "INBOX"),
 ]
@@ -173,8 +200,8 @@ def _assert_valid_component(comp: str) -> None:
 
 level_text = st.one_of(
     st.text(),
-    st.text(alphabet=st.sampled_from("/%.\x00#1eml2partsé%2F")),
-    st.sampled_from(["", ".", "..", "#1.eml", "x #12.parts", "%", "%%", "%2E", "%00"]),
+    st.text(alphabet=st.sampled_from("/%.\x00#1eml2partsé%2F05E3 raw")),
+    st.sampled_from(["", ".", "..", "#1.eml", "x #12.parts", "%", "%%", "%2E", "%00", "a #raw", "%%%"]),
 )
 
 
@@ -191,7 +218,7 @@ def test_escape_level_round_trip(level: str) -> None:
 
 @pytest.mark.parametrize(
     "level",
-    ["x" * 256, "ü" * 128, "%" * 86, "/" * 86],
+    ["x" * 256, "ü" * 128, "%25" * 52, "/" * 86],
 )
 def test_escape_level_too_long(level: str) -> None:
     with pytest.raises(NameTooLong) as info:
@@ -200,7 +227,7 @@ def test_escape_level_too_long(level: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("level", ["x" * 255, "ü" * 127 + "x", "%" * 85])
+@pytest.mark.parametrize("level", ["x" * 255, "ü" * 127 + "x", "%25" * 51, "%" * 255])
 def test_escape_level_at_limit(level: str) -> None:
     comp = escape_level(level)
     assert len(comp.encode()) <= 255
@@ -229,7 +256,7 @@ FOLDER_PATHS = [
     ("Archive/2024 #3.eml", "/", ("Archive", "2024 %233.eml")),
     ("~peter/mail/台北/日本語", "/", ("~peter", "mail", "台北", "日本語")),
     ("[Gmail]/Отправленные", "/", ("[Gmail]", "Отправленные")),
-    ("Budget 100%", "/", ("Budget 100%25",)),
+    ("Budget 100%", "/", ("Budget 100%",)),
     ("a\\b", "\\", ("a", "b")),
 ]
 
@@ -325,3 +352,209 @@ def test_folder_path_round_trip_through_wire(name: str, delim: str | None) -> No
     except NameTooLong:
         return
     assert encode_mutf7(path_to_folder(path, delim)) == encode_mutf7(_canonical_inbox(name, delim))
+
+
+
+@given(level_text)
+def test_escaped_levels_are_canonical(level: str) -> None:
+    try:
+        comp = escape_level(level)
+    except NameTooLong:
+        return
+    assert is_canonical(comp)
+
+
+@pytest.mark.parametrize(
+    ("comp", "canonical"),
+    [
+        ("100%", True),
+        ("%", True),
+        ("%25", False),  # the escape of "%": the folder "%" shows as "%"
+        ("%2525", True),
+        ("a%2Fb", True),
+        ("%%", True),
+        ("%25%", True),
+        ("%2E", True),
+        ("a%2E", False),  # only a whole "." is escaped
+        ("x %23raw", True),
+        ("x #raw", False),
+        ("AT&T #raw", False),
+        ("x #3.eml", False),
+        ("", False),
+        (".", False),
+        ("a/b", False),
+    ],
+)
+def test_is_canonical(comp: str, canonical: bool) -> None:
+    assert is_canonical(comp) is canonical
+
+
+# --------------------------------------------------------------------------
+# Names typed for new folders
+# --------------------------------------------------------------------------
+
+NEW_LEVELS = [
+    ("100%", "/", b"100%"),
+    ("%", "/", b"%"),
+    ("*", "/", b"*"),
+    ("AT&T", "/", b"AT&-T"),
+    ("Café", "/", b"Caf&AOk-"),
+    ("Cafe\u0301", "/", b"Cafe&AwE-"),  # NFD stays NFD: it shows as typed
+    (" lead", "/", b" lead"),
+    ("trail ", "/", b"trail "),
+    ('q"uote', "/", b'q"uote'),
+    ("a%2Fb", ".", b"a/b"),  # the escape of "/" where "/" is not the delimiter
+    ("a%252Fb", "/", b"a%2Fb"),
+    ("v1.2", "/", b"v1.2"),
+    ("%25%", "/", b"%%"),
+    ("inbox", "/", b"inbox"),  # the caller refuses a top-level INBOX in another case
+    ("x" * 255, None, b"x" * 255),
+]
+
+
+@pytest.mark.parametrize(("comp", "delim", "wire"), NEW_LEVELS)
+def test_new_level(comp: str, delim: str | None, wire: bytes) -> None:
+    assert new_level(comp, delim) == wire
+    # ... and it shows as typed once the server lists it
+    assert folder_path(wire, delim).path == (comp,) or comp == "inbox"
+
+
+@pytest.mark.parametrize(
+    ("comp", "delim"),
+    [
+        ("%25", "/"),  # shows as "%"
+        ("100%25", "/"),
+        ("%%", "/"),  # empty level
+        ("a%2Fb", "/"),  # the delimiter
+        ("v1.2", "."),
+        ("x #raw", "/"),
+        ("AT&T #raw", "/"),
+        ("x #12.eml", "/"),
+        ("x #12.parts", "/"),
+        ("", "/"),
+        (".", "/"),
+        ("..", "/"),
+        ("a/b", "/"),
+        ("a\x00b", "/"),
+        ("a%2E", "/"),
+    ],
+)
+def test_new_level_refuses(comp: str, delim: str | None) -> None:
+    with pytest.raises(ValueError):
+        new_level(comp, delim)
+
+
+def test_new_level_refuses_a_non_utf8_name() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        new_level("bad\udcff", "/")
+
+
+# --------------------------------------------------------------------------
+# Server names -> paths (what LIST gives -> what ls shows)
+# --------------------------------------------------------------------------
+
+RAW_LEVELS = [
+    (b"AT&T", "AT&T #raw"),
+    ("Café".encode(), "Café #raw"),
+    (b"Caf\xe9", "Caf%E9 #raw"),
+    (b"100%&", "100%25& #raw"),
+    (b"a\x00b&", "a%00b& #raw"),
+    (b"\xed\xa0\x80&", "%ED%A0%80& #raw"),  # UTF-8 of a surrogate: not valid UTF-8
+    (b"&AGE-", "&AGE- #raw"),  # non-shortest
+]
+
+
+@pytest.mark.parametrize(("wire", "comp"), RAW_LEVELS)
+def test_raw_level(wire: bytes, comp: str) -> None:
+    assert raw_level(wire) == comp
+    assert not is_canonical(comp)
+
+
+@given(st.binary(max_size=40), st.binary(max_size=40))
+def test_raw_level_is_injective(a: bytes, b: bytes) -> None:
+    if a != b:
+        assert raw_level(a) != raw_level(b)
+
+
+FOLDER_WIRES = [
+    # canonical names show decoded
+    (b"AT&-T", "/", ("AT&T",), (b"AT&-T",)),
+    (b"Caf&AOk-", "/", ("Café",), (b"Caf&AOk-",)),
+    (b"100%", "/", ("100%",), (b"100%",)),
+    (b"INBOX/Sub", "/", ("INBOX", "Sub"), (b"INBOX", b"INBOX/Sub")),
+    (b"inbox.Sub", ".", ("INBOX", "Sub"), (b"inbox", b"inbox.Sub")),
+    (b"&ZeVnLIqe-/&W1A-", "/", ("日本語", "子"), (b"&ZeVnLIqe-", b"&ZeVnLIqe-/&W1A-")),
+    (b"x #raw", "/", ("x %23raw",), (b"x #raw",)),
+    # non-canonical ones get " #raw" on the levels that are not canonical
+    (b"AT&T", "/", ("AT&T #raw",), (b"AT&T",)),
+    ("Café".encode(), "/", ("Café #raw",), ("Café".encode(),)),
+    (b"AT&T/Bills", "/", ("AT&T #raw", "Bills"), (b"AT&T", b"AT&T/Bills")),
+    (b"Work/AT&T", "/", ("Work", "AT&T #raw"), (b"Work", b"Work/AT&T")),
+    (b"inbox/AT&T", "/", ("INBOX", "AT&T #raw"), (b"inbox", b"inbox/AT&T")),
+    (b"Caf&AOkA-", "/", ("Caf&AOkA- #raw",), (b"Caf&AOkA-",)),
+    (b"a&b", None, ("a&b #raw",), (b"a&b",)),
+    # a delimiter that base64 uses: no splitting before decoding
+    (b"a&b-c", "-", ("a&b #raw", "c #raw"), (b"a&b", b"a&b-c")),
+]
+
+
+@pytest.mark.parametrize(("wire", "delim", "path", "wires"), FOLDER_WIRES)
+def test_folder_path(wire: bytes, delim: str | None, path: tuple[str, ...], wires: tuple[bytes, ...]) -> None:
+    assert folder_path(wire, delim) == FolderPath(path, wires)
+
+
+COLLISIONS = [
+    pytest.param([b"AT&T", b"AT&-T"], {b"AT&-T": ("AT&T",), b"AT&T": ("AT&T #raw",)}, id="raw-ampersand"),
+    pytest.param([b"Caf&AOk-", "Café".encode()], {b"Caf&AOk-": ("Café",), "Café".encode(): ("Café #raw",)},
+                 id="utf8-and-mutf7"),
+    pytest.param([b"INBOX", b"INBOX/x", b"Inbox/x"],
+                 {b"INBOX": ("INBOX",), b"INBOX/x": ("INBOX", "x"), b"Inbox/x": ("Inbox #raw", "x #raw")},
+                 id="inbox-spellings"),
+    pytest.param([b"x #raw", b"x"], {b"x #raw": ("x %23raw",), b"x": ("x",)}, id="literal-raw-suffix"),
+    pytest.param([b"AT&T #raw", b"AT&T"], {b"AT&T #raw": ("AT&T #raw #raw",), b"AT&T": ("AT&T #raw",)},
+                 id="raw-with-suffix"),
+]
+
+
+@pytest.mark.parametrize(("wires", "paths"), COLLISIONS)
+def test_map_folders_keeps_every_folder_apart_in_any_order(wires: list[bytes], paths: dict) -> None:
+    for order in itertools.permutations(wires):
+        mapped, refused = map_folders((w, "/") for w in order)
+        assert not refused
+        assert {w: fp.path for w, fp in mapped.items()} == paths
+
+
+def test_map_folders_leaves_out_a_name_too_long_to_show() -> None:
+    mapped, refused = map_folders([(b"x" * 256, "/"), (b"ok", "/")])
+    assert list(mapped) == [b"ok"]
+    assert list(refused) == [b"x" * 256]
+
+
+wire_names = st.lists(
+    st.one_of(
+        st.builds(lambda t: encode_mutf7(t).encode(), st.text(alphabet=st.sampled_from("aé&/ .%#I"), max_size=6)),
+        st.binary(max_size=6).map(lambda b: b.replace(b"\x00", b"")),
+        st.sampled_from([b"INBOX", b"inbox", b"Inbox/a", b"INBOX/a", b"a #raw", b"a", b"AT&T", b"AT&-T"]),
+    ),
+    max_size=8,
+)
+
+
+@given(wire_names, st.sampled_from(["/", ".", None]))
+def test_map_folders_gives_distinct_valid_paths(wires: list[bytes], delim: str | None) -> None:
+    mapped, refused = map_folders((w, delim) for w in wires)
+    assert set(mapped) | set(refused) == set(wires)
+    paths = [fp.path for fp in mapped.values()]
+    assert len(set(paths)) == len(paths)
+    for w, fp in mapped.items():
+        assert fp.wires[-1] == w and len(fp.wires) == len(fp.path)
+        for comp in fp.path:
+            _assert_valid_component(comp)
+        text = canonical_decode(w)
+        if text is not None:  # shows decoded, unless it lost a collision of INBOX spellings
+            assert fp.path == folder_to_path(text, delim) or all(c.endswith(RAW_SUFFIX) for c in fp.path)
+        else:  # never where a canonical name would show
+            assert any(c.endswith(RAW_SUFFIX) and not is_canonical(c) for c in fp.path)
+    # order does not matter
+    again, _ = map_folders((w, delim) for w in reversed(wires))
+    assert again == mapped

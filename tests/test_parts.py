@@ -245,3 +245,37 @@ def test_generated_trees_roundtrip(gen_env, tree):
         f = by_section[str(i)]
         assert f.read_bytes() == payload
         assert os.stat(f).st_size == len(payload)
+
+
+# -- big decoded parts: decoded once, served from the spool (issue 11) ----------------
+
+
+def test_big_decoded_part_is_fetched_once_with_a_small_memory_cache(tmp_path):
+    """A decoded part larger than ``mem_cache`` used to be fetched and decoded again
+    on every 128 KiB read (16 MiB: 128 fetches). Now it is decoded once into a spool
+    file and every read is served from there: the wire shows one FETCH per part."""
+    binary = os.urandom(17 * 1024 * 1024)
+    text = "".join(f"Zeile {i}: Grüße aus Zürich\n" for i in range(200_000))  # 5.6 MB
+    data = build("Spooled", "small body", [("big.bin", binary, "application", "octet-stream"),
+                                           ("notes.txt", text.encode("utf-8"), "text", "plain")])
+    # No BINARY: the server cannot decode the attachment for us, imapfs decodes it.
+    with Dovecot(capabilities=dv.NO_BINARY) as d:
+        d.append("INBOX", data)
+        with Proxy(d.host, d.port) as proxy:
+            mp = tmp_path / "m"
+            mp.mkdir()
+            with Mount(f"imap://{d.user}@127.0.0.1:{proxy.port}/", mp, ["tls=off", "mem_cache=1M"],
+                       password=d.password) as m:
+                (p,) = [q for q in m.path("INBOX").iterdir() if q.name.endswith(".parts")]
+                assert sorted(os.listdir(p)) == ["1-body.txt", "2-big.bin", "3-notes.txt"]
+                with open(p / "2-big.bin", "rb") as f:  # read() in 128 KiB requests, as cat does
+                    got = b"".join(iter(lambda: f.read(128 * 1024), b""))
+                assert got == binary
+                assert (p / "3-notes.txt").read_bytes() == text.encode("utf-8")
+                # again, and out of order: still no new fetch
+                with open(p / "2-big.bin", "rb") as f:
+                    f.seek(9 * 1024 * 1024)
+                    assert f.read(4096) == binary[9 * 1024 * 1024:9 * 1024 * 1024 + 4096]
+                sent = proxy.client_bytes()
+                assert sent.count(b"BODY.PEEK[2]") == 1, sent.count(b"BODY.PEEK[2]")
+                assert sent.count(b"BODY.PEEK[3]") == 1, sent.count(b"BODY.PEEK[3]")
