@@ -39,6 +39,7 @@ from . import codec, naming
 from .errors import (
     CommandFailed,
     Exists,
+    ImapfsError,
     InvalidArgument,
     NotEmpty,
     NotFound,
@@ -235,6 +236,7 @@ class Folder:
         self.path = path
         self.parent = parent
         self.raw: bytes | None = None  # the server's name; None for implied parents
+        self.wire: bytes | None = None  # the server's spelling of this path, also for implied parents
         self.selectable = False
         self.special: frozenset[bytes] = frozenset()
         self.children: dict[str, Folder] = {}
@@ -478,23 +480,20 @@ class Tree:
             self._folders_checked = self.clock()
 
     def _apply_list(self, entries: list) -> None:
+        """Make the folder tree what LIST said: every server name at its own path (codec.map_folders)."""
         seen: set[tuple[str, ...]] = set()
+        entries = sorted(entries, key=lambda e: e.name)  # implied parents' wires: the same in any LIST order
+        mapped, refused = codec.map_folders((e.name, e.delimiter) for e in entries)
+        for wire, why in refused.items():
+            log.warning("folder %r cannot be shown: %s", wire, why)
         for e in entries:
-            try:
-                text = e.name.decode("ascii")
-                decoded = codec.decode_mutf7(text)
-            except UnicodeDecodeError:
-                decoded = e.name.decode("utf-8", "replace")  # UTF8=ACCEPT servers
             if e.delimiter:
                 self.delimiter = e.delimiter
-            try:
-                path = codec.folder_to_path(decoded, e.delimiter)
-            except ValueError as err:
-                log.warning("folder %r cannot be shown: %s", e.name, err)
+            fp = mapped.get(e.name)
+            if fp is None:
                 continue
-            if b"\\nonexistent" in e.flags and not path:
-                continue
-            node = self._ensure_path(path)
+            path = fp.path
+            node = self._ensure_path(path, fp.wires)
             node.raw = e.name
             node.selectable = b"\\noselect" not in e.flags and b"\\nonexistent" not in e.flags
             node.special = frozenset(f for f in e.flags if f in {
@@ -503,7 +502,8 @@ class Tree:
                 seen.add(path[:i])
         self._prune(self.root, seen)
 
-    def _ensure_path(self, path: tuple[str, ...]) -> Folder:
+    def _ensure_path(self, path: tuple[str, ...], wires: tuple[bytes, ...] | None = None) -> Folder:
+        """The folder at *path*, made (with its implied parents) if new; *wires*: each level's server name."""
         node = self.root
         for i, comp in enumerate(path):
             child = node.children.get(comp)
@@ -511,6 +511,8 @@ class Tree:
                 child = Folder(path[: i + 1], node)
                 node.children[comp] = child
                 self._alloc(child)
+            if wires is not None and child.wire is None:
+                child.wire = wires[i]
             node = child
         return node
 
@@ -1415,18 +1417,55 @@ class Tree:
 
     # -- folders ---------------------------------------------------------------
 
-    def _server_name(self, path: tuple[str, ...]) -> bytes:
-        decoded = codec.path_to_folder(path, self.delimiter)
-        return codec.encode_mutf7(decoded).encode("ascii")
+    def _wire(self, f: Folder) -> bytes:
+        """The server's name of an existing folder (or implied parent): never re-derived from its path.
 
-    async def mkdir(self, parent: Folder, name: str) -> Folder:
-        self._writable()
+        A directory name is not always the decoding of the server's name (a
+        non-canonical one shows with `` #raw``), so commands must use what
+        LIST said.
+        """
+        wire = f.raw if f.raw is not None else f.wire
+        if wire is None:  # made before anything listed it (cannot happen for LIST's own nodes)
+            wire = codec.encode_mutf7(codec.path_to_folder(f.path, self.delimiter)).encode("ascii")
+        return wire
+
+    def _server_name(self, parent: Folder, name: str) -> bytes:
+        """Server name of a new folder *name* in *parent*; ValueError/UnicodeError if it cannot have one.
+
+        The parent's own server name + delimiter + the new level in mUTF-7.
+        The level must be exactly the name it will show under
+        (codec.new_level), so mkdir/rename never make a folder that then
+        appears under another name.
+        """
+        level = codec.new_level(name, self.delimiter)
+        if parent is self.root:
+            return level
+        if self.delimiter is None:
+            raise ValueError("the server has no folder hierarchy (no sub-folders)")
+        return self._wire(parent) + self.delimiter.encode("utf-8") + level
+
+    def _check_new_name(self, parent: Folder, name: str) -> bytes:
+        """Everything that can be checked before a CREATE or RENAME is sent → the new server name."""
         if name in parent.children or name in parent.pending:
             raise Exists(name)
+        if parent is self.root and codec.is_inbox(name):
+            raise Exists(f"{name}: INBOX exists (its name is case-insensitive)")
         try:
-            raw = self._server_name(parent.path + (name,))
+            return self._server_name(parent, name)
         except (ValueError, UnicodeError) as e:
             raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
+
+    @staticmethod
+    def _refused_name(e: CommandFailed) -> ImapfsError:
+        """A NO to CREATE/RENAME that refuses the name ([CANNOT], or no code at all) is EINVAL."""
+        if re.search(r": NO (\[CANNOT\]|[^\[])", str(e)):
+            return InvalidArgument(str(e))
+        return e
+
+    async def mkdir(self, parent: Folder, name: str) -> Folder:
+        """CREATE; the server is left as it was whenever this raises (except a lost connection after CREATE)."""
+        self._writable()
+        raw = self._check_new_name(parent, name)
         if self.journal is not None and self.is_offline():
             return await self.journal.mkdir(parent, name, raw)
         try:
@@ -1435,16 +1474,30 @@ class Tree:
             if self.journal is None:
                 raise
             return await self.journal.mkdir(parent, name, raw)  # replay: "already existed" is fine
+        except CommandFailed as e:
+            raise self._refused_name(e) from None
         try:
             await self.pool.run(lambda c: c.subscribe(raw))
-        except CommandFailed as e:
+        except (CommandFailed, ServerUnavailable) as e:
             log.warning("created %r but could not subscribe to it: %s", raw, e)
         log.info("created folder %s", raw.decode("ascii", "replace"))
         await self.refresh_folders(force=True)
         child = parent.children.get(name)
-        if child is None:
-            raise NotFound(f"the server created {raw!r} but does not list it")
-        return child
+        if child is not None and child.raw == raw:
+            return child
+        if not self.pool.online:
+            # CREATE was answered OK, the listing could not be read: show it; the next LIST confirms.
+            child = self._ensure_path(parent.path + (name,), None)
+            child.raw, child.wire, child.selectable = raw, raw, True
+            return child
+        # The server keeps it under another name (or not at all): take back what this CREATE made.
+        log.warning("the server created %r but does not list it under that name; deleting it again", raw)
+        try:
+            await self.pool.run(lambda c: c.delete_if_empty(raw), retry=False)
+        except ImapfsError as e:
+            log.error("could not delete %r again (%s); it may show under another name", raw, e)
+        await self.refresh_folders(force=True)
+        raise InvalidArgument(f"the server does not keep a folder named {name!r} under that name")
 
     def _online_only(self, what: str) -> None:
         if self.is_offline():
@@ -1465,7 +1518,7 @@ class Tree:
             st = await self.sync(f, force=True)
             if st is not None and st.msgs:
                 raise NotEmpty(name)
-        raw = f.raw or self._server_name(f.path)
+        raw = self._wire(f)
         await self.pool.deselect_everywhere(raw)
         try:
             if f.selectable:
@@ -1483,7 +1536,7 @@ class Tree:
             return
         try:
             await self.pool.run(lambda c: c.unsubscribe(raw))
-        except CommandFailed:
+        except (CommandFailed, ServerUnavailable):
             pass
         log.info("deleted folder %s", raw.decode("ascii", "replace"))
         del parent.children[name]
@@ -1491,25 +1544,24 @@ class Tree:
         self._drop(f, parent.inode, name)
 
     async def rename_folder(self, f: Folder, dest: Folder, name: str) -> None:
+        """RENAME; checked before it is sent, and undone if the server keeps another name."""
         self._writable()
         self._online_only("renaming a folder")
         if f.path == ("INBOX",):
             raise Unsupported("INBOX cannot be renamed (IMAP would move its messages instead)")
-        if name in dest.children:
-            raise Exists(name)
         node: Folder | None = dest
         while node is not None:
             if node is f:
                 raise InvalidArgument("cannot move a folder into itself")
             node = node.parent
-        old_raw = f.raw or self._server_name(f.path)
-        try:
-            new_path = dest.path + (name,)
-            new_raw = self._server_name(new_path)
-        except (ValueError, UnicodeError) as e:
-            raise InvalidArgument(f"cannot name a folder {name!r}: {e}") from None
+        new_raw = self._check_new_name(dest, name)
+        old_raw = self._wire(f)
+        new_path = dest.path + (name,)
         await self.pool.deselect_everywhere(old_raw)
-        await self.pool.run(lambda c: c.rename(old_raw, new_raw), retry=False)
+        try:
+            await self.pool.run(lambda c: c.rename(old_raw, new_raw), retry=False)
+        except CommandFailed as e:
+            raise self._refused_name(e) from None
         log.info("renamed folder %s to %s", old_raw.decode("ascii", "replace"), new_raw.decode("ascii", "replace"))
         self.pool.forget_selected(old_raw)
         # Keep the nodes and their inodes: the kernel moved its dentry to the
@@ -1521,12 +1573,24 @@ class Tree:
         while stack:
             n = stack.pop()
             n.path = new_path + n.path[len(old_path):]
-            if n.raw is not None and n.raw.startswith(old_raw):
-                n.raw = new_raw + n.raw[len(old_raw):]
+            for attr in ("raw", "wire"):
+                w = getattr(n, attr)
+                if w is not None and (w == old_raw or w.startswith(old_raw + (self.delimiter or "").encode("utf-8"))):
+                    setattr(n, attr, new_raw + w[len(old_raw):])
             stack.extend(n.children.values())
         f.parent = dest
         dest.children[name] = f
         await self.refresh_folders(force=True)
+        if dest.children.get(name) is f or not self.pool.online:
+            return
+        log.warning("the server renamed %r to %r but does not list it under that name; renaming it back",
+                    old_raw, new_raw)
+        try:
+            await self.pool.run(lambda c: c.rename(new_raw, old_raw), retry=False)
+        except ImapfsError as e:
+            log.error("could not rename %r back to %r (%s)", new_raw, old_raw, e)
+        await self.refresh_folders(force=True)
+        raise InvalidArgument(f"the server does not keep a folder named {name!r} under that name")
 
     async def flags(self, m: Msg) -> tuple[str, ...]:
         """Current flags, asked of the server (they change under us)."""
