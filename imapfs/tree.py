@@ -1458,8 +1458,11 @@ class Tree:
     @staticmethod
     def _refused_name(e: CommandFailed) -> ImapfsError:
         """A NO to CREATE/RENAME that refuses the name ([CANNOT], or no code at all) is EINVAL."""
-        if re.search(r": NO (\[CANNOT\]|[^\[])", str(e)):
-            return InvalidArgument(str(e))
+        text = str(e)
+        if ": NO " in text:
+            reply = text.rsplit(": NO ", 1)[1]  # the server's words come last (the name could hold ": NO ")
+            if reply.startswith("[CANNOT]") or not reply.startswith("["):
+                return InvalidArgument(text)
         return e
 
     async def mkdir(self, parent: Folder, name: str) -> Folder:
