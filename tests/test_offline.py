@@ -15,6 +15,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,17 @@ from tests.support.mount import Mount, force_unmount, imapfs_command
 from tests.support.proxy import Proxy
 from tests.test_write import eventually, message_ids, msg
 
-OFFLINE_ERRORS = [r"unavailable", r"offline", r"lost", r"could not", r"not applied", r"refus"]
+# ERROR lines a test may allow, each only where its scenario causes it (Rig.mount(allowed=...)).
+# The server goes away (the proxy refuses, or Dovecot is stopped behind it): one line per outage.
+SERVER_AWAY = (r"ERROR imapfs\.session: IMAP server \S+ unavailable: cannot connect to \S+: "
+               r"socket error: EOF \(retrying in \d+ s\)$")
+# An offline zero-byte file: Dovecot refuses it at replay, twice retried, then it is saved aside.
+ZERO_BYTES_REFUSED = [
+    r"ERROR imapfs\.offline: offline change #\d+ \(append\) failed: APPEND to b'A': "
+    r"NO Can't save a zero byte message .*; will retry$",
+    r"ERROR imapfs\.offline: offline change #\d+: the server refused it 3 times \(APPEND to b'A': "
+    r"NO Can't save a zero byte message .*\); its bytes are saved in \S+/imapfs/unsent/unsent-\d+-\S+$",
+]
 
 
 class Rig:
@@ -35,12 +46,15 @@ class Rig:
         self.tmp = tmp_path
         self.mounts: list[Mount] = []
 
-    def mount(self, *opts: str) -> Mount:
+    def mount(self, *opts: str, allowed: Sequence[str] = ()) -> Mount:
+        """A mount through the proxy; its log may hold ERROR lines matching
+        ``allowed`` (the scenario's expected messages), no others."""
         mp = self.tmp / f"m{len(self.mounts)}"
         mp.mkdir()
         m = Mount(f"imap://{self.d.user}@127.0.0.1:{self.proxy.port}/", mp,
                   ["tls=off", "poll=2", "backoff_max=1", *opts], password=self.d.password,
-                  env_extra={"XDG_CACHE_HOME": str(self.cache)}, allowed_errors=OFFLINE_ERRORS)
+                  env_extra={"XDG_CACHE_HOME": str(self.cache)},
+                  allowed_errors=allowed)
         self.mounts.append(m)
         return m.start()
 
@@ -51,19 +65,29 @@ class Rig:
     def server_back(self) -> None:
         self.proxy.refuse = False
 
-    def close(self) -> None:
-        for m in reversed(self.mounts):
-            if m.proc is not None and m.returncode is None:
-                m.unmount(check=False)
-        self.proxy.stop()
-        self.d.cleanup()
+    def close(self, check: bool = True) -> None:
+        """Unmount what is still mounted, stop the proxy and the server; with
+        ``check``, then fail unless every mount exited 0 with a clean log."""
+        errors = []
+        try:
+            for m in reversed(self.mounts):
+                try:
+                    m.unmount(check=check)  # a no-op for mounts already unmounted (and checked)
+                except AssertionError as e:
+                    errors.append(str(e))
+        finally:
+            self.proxy.stop()
+            self.d.cleanup()
+        if errors:
+            pytest.fail("\n\n".join(errors))
 
 
 @pytest.fixture
-def rig(tmp_path):
+def rig(tmp_path, request):
     r = Rig(tmp_path)
     yield r
-    r.close()
+    rep = getattr(request.node, "rep_call", None)  # set by tests/conftest.py
+    r.close(check=rep is not None and rep.passed)  # a failed test's own error comes first
 
 
 def state(m: Mount) -> str:
@@ -81,7 +105,7 @@ def pending(m: Mount) -> int:
 def test_cached_mail_reads_offline_and_uncached_fails_clearly(rig):
     for i in range(5):
         rig.d.append("Box", msg(f"box{i}", f"box {i}", f"needle-{i} text"))
-    m = rig.mount()
+    m = rig.mount(allowed=[SERVER_AWAY])  # Dovecot is stopped
     files = emls(m, "Box")
     seen = {p: p.read_bytes() for p in reversed(files[:3])}  # out of order: no read-ahead of 4 and 5
     rig.d.stop()  # the real server goes away
@@ -112,7 +136,7 @@ def test_remount_while_server_is_away_serves_the_cache(rig):
     before = {p.name: p.read_bytes() for p in emls(m, "INBOX")}
     m.unmount()
     rig.server_away()
-    m2 = rig.mount()
+    m2 = rig.mount(allowed=[SERVER_AWAY])  # started while the server is away
     assert {p.name: p.read_bytes() for p in emls(m2, "INBOX")} == before
     assert "state: offline" in state(m2)
     m2.unmount()
@@ -145,7 +169,7 @@ def test_offline_changes_are_journaled_shown_and_replayed(rig, tmp_path):
     d.append("A", msg("a1", "move me"))
     d.append("A", msg("a2", "delete me"))
     a3 = d.append("A", msg("a3", "flag me"))
-    m = rig.mount()
+    m = rig.mount(allowed=[SERVER_AWAY])
     for f in ("A", "B", "Gone"):
         os.listdir(m.path(f))
     files = {re.search(r" (\w+ me) #", p.name).group(1): p for p in emls(m, "A")}
@@ -191,7 +215,7 @@ def test_sigkill_between_journal_and_replay_loses_nothing_and_repeats_nothing(ri
     d = rig.d
     d.create("B")
     d.append("A", msg("k1", "moved offline"))
-    m = rig.mount()
+    m = rig.mount(allowed=[SERVER_AWAY])
     (p,) = emls(m, "A")
     os.listdir(m.path("B"))
     rig.server_away()
@@ -202,8 +226,9 @@ def test_sigkill_between_journal_and_replay_loses_nothing_and_repeats_nothing(ri
     os.kill(m.pid, signal.SIGKILL)
     m.proc.wait(10)
     force_unmount(m.mountpoint)
-    m.returncode = 0  # killed on purpose
-    m2 = rig.mount()  # still offline: the journal is shown again
+    assert m.unmount(check=False) == -signal.SIGKILL  # killed on purpose: no clean exit to check,
+    assert not m.bad_log_lines()  # but its log up to the kill is
+    m2 = rig.mount(allowed=[SERVER_AWAY])  # still offline: the journal is shown again
     assert pending(m2) == 2
     assert [q.name for q in emls(m2, "B")] == [p.name]
     assert m2.path("A", "n.eml").read_bytes() == msg("k2", "new offline")
@@ -223,7 +248,7 @@ def run_prefetch(*paths: Path, **kw) -> subprocess.CompletedProcess:
 def test_prefetch_makes_a_folder_readable_offline_and_resumes(rig):
     for i in range(60):
         rig.d.append("Keep", msg(f"p{i}", f"prefetch {i}", "x" * 5000))
-    m = rig.mount()
+    m = rig.mount(allowed=[SERVER_AWAY])  # the server goes away once all is cached
     files = emls(m, "Keep")
     for p in reversed(files[:20]):
         p.read_bytes()  # as if a run was interrupted after 20 (out of order: no read-ahead)
@@ -241,43 +266,41 @@ def test_prefetch_makes_a_folder_readable_offline_and_resumes(rig):
     assert "60 messages already cached" in res.stderr and res.returncode == 0
 
 
-def test_prefetch_shows_progress_on_a_terminal_and_can_be_interrupted(tmp_path):
-    r = Rig(tmp_path, delay_ms=200)  # slow link: the run takes seconds, long enough to interrupt
-    try:
-        for i in range(120):
-            r.d.append("Slow", msg(f"s{i}", f"slow {i}", "y" * 20000))
-        m = r.mount()
-        master, slave = pty.openpty()
-        proc = subprocess.Popen(imapfs_command() + ["prefetch", str(m.path("Slow"))], stdout=slave, stderr=slave)
-        os.close(slave)
-        out = b""
-        deadline = time.monotonic() + 60
-        # interrupt once it has fetched something, so the rerun has something to resume from
-        while not re.search(rb"prefetch: [1-9]\d*/120 messages", out) and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    out += os.read(master, 65536)
-                except OSError:
-                    break
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(60)
-        while True:
+def test_prefetch_shows_progress_on_a_terminal_and_can_be_interrupted(rig):
+    r = rig
+    for i in range(120):
+        r.d.append("Slow", msg(f"s{i}", f"slow {i}", "y" * 20000))
+    r.proxy.delay_ms = 200  # slow link: the run takes seconds, long enough to interrupt
+    m = r.mount()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(imapfs_command() + ["prefetch", str(m.path("Slow"))], stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    # interrupt once it has fetched something, so the rerun has something to resume from
+    while not re.search(rb"prefetch: [1-9]\d*/120 messages", out) and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
             try:
-                chunk = os.read(master, 65536)
+                out += os.read(master, 65536)
             except OSError:
                 break
-            if not chunk:
-                break
-            out += chunk
-        os.close(master)
-        assert rc == 130, out
-        assert b"\r" in out and b"interrupted; run the same command again" in out
-        res = run_prefetch(m.path("Slow"))
-        assert res.returncode == 0, res.stderr
-        assert "already cached" in res.stderr and "done" in res.stderr
-    finally:
-        r.close()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(60)
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert rc == 130, out
+    assert b"\r" in out and b"interrupted; run the same command again" in out
+    res = run_prefetch(m.path("Slow"))
+    assert res.returncode == 0, res.stderr
+    assert "already cached" in res.stderr and "done" in res.stderr
 
 
 def test_keep_option_fills_the_cache_in_the_background(rig):
@@ -293,7 +316,7 @@ def test_offline_edge_cases_reach_the_server_correctly(rig, tmp_path):
     for f in ("A", "Doomed"):
         d.create(f)
     d.append("A", msg("stays-visible", "to doomed"))
-    m = rig.mount(f"cache_dir={tmp_path / 'c2'}")
+    m = rig.mount(f"cache_dir={tmp_path / 'c2'}", allowed=[SERVER_AWAY, *ZERO_BYTES_REFUSED])
     os.listdir(m.path("Doomed"))
     (src,) = emls(m, "A")
     rig.server_away()
@@ -330,7 +353,7 @@ def test_offline_edit_and_rm_to_trash_are_replayed(rig):
     d.create("Trash")
     d.append("INBOX", msg("ed", "edit offline", "old text"), flags="\\Flagged")
     d.append("INBOX", msg("tr", "trash offline"))
-    m = rig.mount("trash=auto")
+    m = rig.mount("trash=auto", allowed=[SERVER_AWAY])
     os.listdir(m.path("Trash"))
     files = {("edit" if "edit" in p.name else "trash"): p for p in emls(m, "INBOX")}
     files["edit"].read_bytes()
