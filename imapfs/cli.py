@@ -45,6 +45,8 @@ _FLAG_OPTS: dict[str, str | None] = {
     "ro": "read_only", "noparts": "noparts", "allow_other": "allow_other", "allow_root": "allow_root",
     "debug": "debug", "foreground": "foreground", "offline": "offline", "default_permissions": None,
 }
+# -o auth=: how to log in (session.Connection._mechanism); xoauth2/oauthbearer take a token.
+AUTH_MECHANISMS = ("auto", "plain", "login", "xoauth2", "oauthbearer")
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)[iI]?[bB]?$")
 
 
@@ -62,6 +64,7 @@ class Config:
     cafile: str | None = None
     password_file: str | None = None
     password_command: str | None = None
+    auth: str = "auto"  # one of AUTH_MECHANISMS
     timeout: float = 30.0
     poll: float = 60.0
     connections: int = 4
@@ -165,6 +168,10 @@ def _apply_option(cfg: Config, opt: str) -> None:
         cfg.password_file = value
     elif name == "password_command":
         cfg.password_command = value
+    elif name == "auth":
+        if value.lower() not in AUTH_MECHANISMS:
+            raise ConfigError(f"auth= takes {', '.join(AUTH_MECHANISMS)}, not {value!r}")
+        cfg.auth = value.lower()
     elif name == "timeout":
         cfg.timeout = _number(name, value, 1, 3600)
     elif name == "poll":

@@ -2,8 +2,8 @@
 
 Without ``-f`` the command forks; the child logs in and mounts and reports
 over a pipe, so the parent exits 0 only once the mount is live and otherwise
-prints the child's one-line reason and exits 1 (what ``mount(8)`` and fstab
-expect of a helper). Collaborators are built here, in dependency order
+prints the child's one-line reason and exits 32 (``mount(8)``'s "mount
+failure", what fstab and systemd expect of a helper). Collaborators are built here, in dependency order
 (pool → tree → operations), and torn down in reverse.
 """
 
@@ -18,12 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pyfuse3
 import trio
 
 from . import cli
+from .credentials import CommandCredential, Credential, FileCredential, StaticCredential
 from .disk import Disk
 from .errors import ConfigError, ConnectError, ImapfsError, TLSError
 from .offline import Journal, Keeper
@@ -37,38 +38,33 @@ from .watch import Watcher
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+EXIT_USAGE = 2  # the command line is wrong
+EXIT_MOUNT_FAILED = 32  # mount(8)'s "mount failure": anything else that stops the mount
 
 
-def get_password(cfg: cli.Config, environ: dict[str, str] | None = None) -> str:
-    """password_command, then password_file, then $IMAPFS_PASSWORD, then a prompt on a terminal."""
+def get_credential(cfg: cli.Config, environ: dict[str, str] | None = None) -> Credential:
+    """The credential source: password_command, password_file, $IMAPFS_PASSWORD, a prompt on a terminal.
+
+    A command or file is read once here, so a broken one fails before the
+    mount starts (with the terminal still there for a pinentry), and again
+    for later connections as imapfs.credentials describes.
+    """
     env = os.environ if environ is None else environ
+    cred: Credential
     if cfg.password_command:
-        try:
-            res = subprocess.run(cfg.password_command, shell=True, stdin=subprocess.DEVNULL,
-                                 capture_output=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise ConfigError("password_command timed out") from None
-        if res.returncode != 0:
-            raise ConfigError(f"password_command failed with exit code {res.returncode}")
-        pw = res.stdout.decode("utf-8").split("\n", 1)[0].rstrip("\r")
+        cred = CommandCredential(cfg.password_command)
+    elif cfg.password_file:
+        cred = FileCredential(cfg.password_file)
+    else:
+        pw = env.get("IMAPFS_PASSWORD")
+        if not pw and sys.stdin is not None and sys.stdin.isatty():
+            pw = getpass.getpass(f"Password for {cfg.label}: ")
         if not pw:
-            raise ConfigError("password_command printed no password")
-        return pw
-    if cfg.password_file:
-        try:
-            with open(cfg.password_file, encoding="utf-8") as f:
-                pw = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise ConfigError(f"cannot read password_file {cfg.password_file}: {e.strerror}") from None
-        if not pw:
-            raise ConfigError(f"password_file {cfg.password_file} is empty")
-        return pw
-    pw = env.get("IMAPFS_PASSWORD")
-    if pw:
-        return pw
-    if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(f"Password for {cfg.label}: ")
-    raise ConfigError("no password: set IMAPFS_PASSWORD, or use -o password_file=PATH or -o password_command=CMD")
+            raise ConfigError("no password: set IMAPFS_PASSWORD, or use -o password_file=PATH "
+                              "or -o password_command=CMD")
+        cred = StaticCredential(pw)
+    cred.prime()
+    return cred
 
 
 def scrub_environ(name: str) -> None:
@@ -155,37 +151,47 @@ def secret_forms(secret: str) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
-def redact(text: str, secret: str) -> str:
-    """*text* with every spelling of *secret* replaced by ``***``."""
-    for form in secret_forms(secret):
-        text = text.replace(form, "***")
+def redact(text: str, secret: str | Iterable[str]) -> str:
+    """*text* with every spelling of *secret* (or of each of several) replaced by ``***``."""
+    for one in [secret] if isinstance(secret, str) else secret:
+        for form in secret_forms(one):
+            text = text.replace(form, "***")
     return text
 
 
-class _Redact(logging.Filter):
-    """Last line of defence: no log record (message, arguments, traceback) shows the password.
+def _secrets(account: Account) -> list[str]:
+    """The secrets the account's credential source has handed out (for redaction)."""
+    source = getattr(account.secret, "secrets", None)
+    return source() if source is not None else []
 
-    No code path should log it in the first place (session.Connection._login
+
+class _Redact(logging.Filter):
+    """Last line of defence: no log record (message, arguments, traceback) shows a secret.
+
+    No code path should log one in the first place (session.Connection._login
     builds its errors without it); this catches what a future bug would leak.
+    *secret*: one string, or a callable giving the secrets handed out so far
+    (a token source hands out a new one for each connection).
     """
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str | Callable[[], Iterable[str]]) -> None:
         super().__init__()
-        self.secret = secret
+        self.secrets: Callable[[], Iterable[str]] = (lambda: [secret]) if isinstance(secret, str) else secret
 
     def filter(self, record: logging.LogRecord) -> bool:
+        secrets = list(self.secrets())
         msg = record.getMessage()
-        clean = redact(msg, self.secret)
+        clean = redact(msg, secrets)
         if clean != msg:
             record.msg, record.args = clean, None
         if record.exc_info:
             text = record.exc_text or logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(text, self.secret)
+            record.exc_text = redact(text, secrets)
         return True
 
 
-def redact_logs(secret: str) -> None:
-    """Put the password filter on every handler of the root logger (after setup_logging)."""
+def redact_logs(secret: str | Callable[[], Iterable[str]]) -> None:
+    """Put the secret filter on every handler of the root logger (after setup_logging)."""
     for h in logging.getLogger().handlers:
         h.addFilter(_Redact(secret))
 
@@ -320,9 +326,9 @@ async def _watch_signals() -> None:
             return
 
 
-def _account(cfg: cli.Config, password: str) -> Account:
-    return Account(host=cfg.host, port=cfg.port, user=cfg.user, password=password, tls=cfg.tls,
-                   cafile=cfg.cafile, timeout=cfg.timeout)
+def _account(cfg: cli.Config, credential: Credential) -> Account:
+    return Account(host=cfg.host, port=cfg.port, user=cfg.user, secret=credential, tls=cfg.tls,
+                   cafile=cfg.cafile, timeout=cfg.timeout, auth=cfg.auth)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,23 +344,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ConfigError as e:
         print(f"imapfs: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         check_mountpoint(cfg.mountpoint)
-        password = get_password(cfg)
+        credential = get_credential(cfg)
     except ConfigError as e:
         print(f"imapfs: {e}", file=sys.stderr)
-        return 1
+        return EXIT_MOUNT_FAILED
     scrub_environ("IMAPFS_PASSWORD")
-    account = _account(cfg, password)
+    account = _account(cfg, credential)
     faulthandler.enable()
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1)
     if cfg.foreground:
         setup_logging(cfg, to_stderr=True)
-        redact_logs(password)
+        redact_logs(credential.secrets)
         return _run(cfg, account, lambda: None,
-                    report=lambda msg: print(f"imapfs: {redact(msg, password)}", file=sys.stderr))
+                    report=lambda msg: print(f"imapfs: {redact(msg, credential.secrets())}", file=sys.stderr))
     return _daemonize(cfg, account)
 
 
@@ -364,13 +370,13 @@ def _run(cfg: cli.Config, account: Account, ready: Callable[[], None], report: C
     except ImapfsError as e:
         log.debug("mount failed: %s", e)
         report(str(e))
-        return 1
+        return EXIT_MOUNT_FAILED
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback to the log
         log.exception("imapfs failed")
-        report(f"internal error: {type(e).__name__}: {redact(str(e), account.password)}")
-        return 1
+        report(f"internal error: {type(e).__name__}: {redact(str(e), _secrets(account))}")
+        return EXIT_MOUNT_FAILED
     return 0
 
 
@@ -392,7 +398,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         _, status = os.waitpid(pid, 0)
         line = msg.strip() or f"daemon exited unexpectedly (status {status})"
         print(f"imapfs: {line}", file=sys.stderr)
-        return 1
+        return EXIT_MOUNT_FAILED
     # child
     os.close(r)
     os.setsid()
@@ -401,7 +407,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     setup_logging(cfg, to_stderr=False)
-    redact_logs(account.password)
+    redact_logs(lambda: _secrets(account))
     reported = False
 
     def ready() -> None:
@@ -411,12 +417,12 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         reported = True
 
     def report(msg: str) -> None:
-        msg = redact(msg, account.password)
+        msg = redact(msg, _secrets(account))
         if not reported:
             os.write(w, msg.encode("utf-8", "replace") + b"\n")
         log.error("%s", msg)
 
-    rc = 1
+    rc = EXIT_MOUNT_FAILED
     try:
         rc = _run(cfg, account, ready, report)
     except BaseException as e:  # noqa: BLE001 - the parent must hear something

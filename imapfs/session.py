@@ -17,6 +17,7 @@ exponential backoff while the server is away.
 from __future__ import annotations
 
 import imaplib
+import json
 import logging
 import socket
 import ssl
@@ -55,17 +56,29 @@ META_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJE
 _PASSING_ITEMS = {b"UID", b"FLAGS", b"MODSEQ"}  # what an unsolicited FETCH in passing carries
 
 
+_OAUTH = ("OAUTHBEARER", "XOAUTH2")  # SASL mechanisms that take an OAuth2 access token
+
+
 @dataclass
 class Account:
-    """Where and how to log in. ``tls`` is ``implicit``, ``starttls`` or ``off``."""
+    """Where and how to log in. ``tls`` is ``implicit``, ``starttls`` or ``off``.
+
+    ``secret(kind, fresh)`` is the credential source (imapfs.credentials): it
+    is asked at every login, for a ``"password"`` (PLAIN, LOGIN) or a
+    ``"token"`` (XOAUTH2, OAUTHBEARER), and once more with ``fresh=True``
+    after the server refused what it gave, so an expiring OAuth2 token never
+    outlives the connection it was fetched for. ``auth``: ``-o auth=``
+    (``auto``, ``plain``, ``login``, ``xoauth2``, ``oauthbearer``).
+    """
 
     host: str
     port: int
     user: str
-    password: str = field(repr=False)
+    secret: Callable[[str, bool], str] = field(repr=False)
     tls: str = "implicit"
     cafile: str | None = None
     timeout: float = 30.0
+    auth: str = "auto"
 
     @property
     def label(self) -> str:
@@ -147,6 +160,30 @@ def _flag_str(f: Any) -> str:
     return f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
 
 
+def _saslname(user: str) -> str:
+    """RFC 5801 saslname: ``,`` and ``=`` escaped, for the GS2 header's ``a=``."""
+    return user.replace("=", "=3D").replace(",", "=2C")
+
+
+def _oauth_response(mech: str, user: str, token: str, host: str, port: int) -> bytes:
+    """The client's first message for XOAUTH2 (Google/Microsoft) or OAUTHBEARER (RFC 7628)."""
+    if mech == "XOAUTH2":
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode("utf-8")
+    return (f"n,a={_saslname(user)},\x01host={host}\x01port={port}\x01"
+            f"auth=Bearer {token}\x01\x01").encode("utf-8")
+
+
+def _oauth_error(challenge: bytes) -> str:
+    """The ``status`` of a server's OAuth error challenge (JSON), short and printable."""
+    try:
+        obj = json.loads(challenge.decode("utf-8", "replace"))
+        status = obj.get("status") if isinstance(obj, dict) else None
+    except ValueError:
+        status = None
+    text = str(status) if status is not None else challenge.decode("utf-8", "replace")
+    return "".join(c for c in text if c.isprintable())[:80]
+
+
 class Connection:
     """One logged-in IMAP connection; not thread-safe (the pool serialises use)."""
 
@@ -225,48 +262,120 @@ class Connection:
             raise TLSError(f"STARTTLS with {a.host}:{a.port} failed: {_text(e.args[0] if e.args else e)}") from None
 
     def _login(self) -> None:
-        """Log in; raise AuthError/ConnectError whose text never holds the password.
+        """Log in; raise AuthError/ConnectError whose text never holds the secret.
+
+        The mechanism comes from ``-o auth=`` (see :meth:`_mechanism`); the
+        secret from the account's credential source, asked afresh for this
+        connection. When the server refuses it, the source is asked once more
+        with ``fresh=True`` (a rotated password, a token that expired early)
+        and, if that gives something new, the login is tried once more.
 
         AUTHENTICATE PLAIN carries UTF-8 (RFC 4616). Without it, LOGIN sends an
         ASCII password as a quoted string and any other as a UTF-8 literal
         (RFC 3501 literals are 8-bit; Dovecot accepts them). Whatever fails, the
         error is built outside the ``except`` block, so no traceback, chained
         exception or repr (UnicodeEncodeError's holds the whole argument) can
-        carry the password into a log or onto stderr.
+        carry the secret into a log or onto stderr.
         """
         imap = self.imap
         assert imap is not None
         a = self.account
         if imap.state == "AUTH":  # PREAUTH over TLS or with tls=off
             return
+        mech = self._mechanism()
+        kind = "token" if mech in _OAUTH else "password"
+        secret = a.secret(kind, False)
+        failure, refused = self._login_with(mech, secret)
+        if refused:
+            again = a.secret(kind, True)
+            if again != secret:
+                log.info("%s refused the %s from the credential source; trying once more with a fresh one",
+                         a.label, kind)
+                failure, refused = self._login_with(mech, again)
+                if refused and failure is not None:
+                    failure = AuthError(f"{failure} (a fresh {kind} was refused too)")
+        if failure is not None:
+            raise failure
+        log.debug("logged in to %s as %s with %s", a.label, a.user, mech)
+
+    def _mechanism(self) -> str:
+        """The SASL mechanism (or ``LOGIN``) for ``-o auth=``; AuthError when it cannot be used.
+
+        ``auto``: AUTHENTICATE PLAIN when offered (UTF-8 safe); OAUTHBEARER or
+        XOAUTH2 only when they are all the server offers (a password is not
+        sent as a token, nor a token as a password, by guesswork); else LOGIN.
+        An explicit mechanism must be offered (``AUTH=...``); LOGIN must not be
+        disabled.
+        """
+        imap = self.imap
+        assert imap is not None
+        a = self.account
+        where = f"{a.host}:{a.port}"
+        caps = {str(c).upper() for c in imap.capabilities}
+        offered = {c[5:] for c in caps if c.startswith("AUTH=")}
+        want = a.auth.upper()
+        if want == "AUTO":
+            if "PLAIN" in offered:
+                return "PLAIN"
+            if offered and offered <= set(_OAUTH):
+                return "OAUTHBEARER" if "OAUTHBEARER" in offered else "XOAUTH2"
+            want = "LOGIN"
+        if want == "LOGIN":
+            if "LOGINDISABLED" in caps:
+                raise AuthError(f"{where} does not allow login on this connection (LOGINDISABLED)")
+            return "LOGIN"
+        if want not in offered:
+            raise AuthError(f"{where} does not offer AUTH={want} (it offers: "
+                            f"{' '.join(sorted(offered)) or 'no SASL mechanism'}); see -o auth= in docs/usage.md")
+        return want
+
+    def _login_with(self, mech: str, secret: str) -> tuple[ImapfsError | None, bool]:
+        """One login attempt → (the error or None, whether the server refused the secret)."""
+        imap = self.imap
+        assert imap is not None
+        a = self.account
         where = f"{a.host}:{a.port}"
         failure: ImapfsError | None = None
+        challenges: list[bytes] = []
+        refused = False
         try:
-            if "AUTH=PLAIN" in imap.capabilities:
-                secret = f"\0{a.user}\0{a.password}".encode("utf-8")
-                imap.authenticate("PLAIN", lambda _challenge: secret)
-            elif "LOGINDISABLED" in imap.capabilities:
-                failure = AuthError(f"{where} does not allow login on this connection (LOGINDISABLED)")
-            elif a.user.isascii() and a.password.isascii():
-                imap.login(a.user, a.password)
+            if mech in _OAUTH:
+                first = _oauth_response(mech, a.user, secret, a.host, a.port)
+
+                def respond(challenge: bytes) -> bytes:
+                    challenges.append(challenge)
+                    # After a refusal the server sends an error challenge (JSON) and
+                    # waits for the client's dummy answer before its NO (RFC 7628 3.2.3).
+                    if len(challenges) == 1:
+                        return first
+                    return b"\x01" if mech == "OAUTHBEARER" else b""
+
+                imap.authenticate(mech, respond)
+            elif mech == "PLAIN":
+                plain = f"\0{a.user}\0{secret}".encode("utf-8")
+                imap.authenticate("PLAIN", lambda _challenge: plain)
+            elif a.user.isascii() and secret.isascii():
+                imap.login(a.user, secret)
             else:
-                failure = self._login_literal()
+                failure = self._login_literal(secret)
         except imaplib.IMAP4.abort as e:
-            failure = ConnectError(f"connection to {where} lost during login: {self._scrub(e)}")
+            failure = ConnectError(f"connection to {where} lost during login: {self._scrub(e, secret)}")
         except imaplib.IMAP4.error as e:
-            msg = self._scrub(e).strip()
+            msg = self._scrub(e, secret).strip()
             if msg.startswith("[") and "]" in msg:
                 msg = msg[msg.index("]") + 1 :].strip() or msg
-            failure = AuthError(f"login as {a.user} on {where} failed: {msg}")
+            why = _oauth_error(challenges[1]) if len(challenges) > 1 else ""
+            failure = AuthError(f"login as {a.user} on {where} failed: {msg}"
+                                + (f" ({mech} token refused: {why})" if why else ""))
+            refused = True
         except (OSError, EOFError) as e:
             failure = ConnectError(f"connection to {where} lost during login: "
                                    f"{getattr(e, 'strerror', None) or type(e).__name__}")
         except Exception as e:  # noqa: BLE001 - e.g. UnicodeEncodeError, whose repr holds the password
             failure = AuthError(f"login as {a.user} on {where} failed: {type(e).__name__} while sending the login")
-        if failure is not None:
-            raise failure
+        return failure, refused
 
-    def _login_literal(self) -> AuthError | None:
+    def _login_literal(self, secret: str) -> AuthError | None:
         """LOGIN with a non-ASCII user or password: each sent as a UTF-8 literal.
 
         imaplib sends one literal per command, after the last argument; a
@@ -284,18 +393,18 @@ class Connection:
         else:
             return AuthError(f"cannot log in as {a.user} on {a.host}:{a.port}: a non-ASCII user name "
                              "needs AUTH=PLAIN or LITERAL+, and the server offers neither")
-        imap.literal = a.password.encode("utf-8")  # type: ignore[attr-defined]
+        imap.literal = secret.encode("utf-8")  # type: ignore[attr-defined]
         typ, dat = imap._simple_command("LOGIN", user)  # type: ignore[attr-defined]
         if typ != "OK":
             raise imap.error(dat[-1] if dat else b"")
         imap.state = "AUTH"
         return None
 
-    def _scrub(self, e: BaseException) -> str:
-        """An imaplib error's text with the password (should a server echo it) blanked out."""
+    @staticmethod
+    def _scrub(e: BaseException, secret: str) -> str:
+        """An imaplib error's text with the secret (should a server echo it) blanked out."""
         text = _text(e.args[0] if e.args else e)
-        pw = self.account.password
-        return text.replace(pw, "***") if pw else text
+        return text.replace(secret, "***") if secret else text
 
     def _refresh_capabilities(self) -> None:
         typ, dat = self._cmd("CAPABILITY", lambda i: i.capability())

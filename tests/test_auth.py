@@ -91,7 +91,7 @@ def test_wrong_non_ascii_password_fails_in_one_clean_line(server, tmp_mountpoint
     wrong = "Wrøng€" + PASSWORD
     with Proxy(server.host, server.port, rewrite_server=_hide_plain if hide_plain else None) as proxy:
         res = run_imapfs([_url(proxy.port), tmp_mountpoint, "-o", "tls=off"], password=wrong)
-    assert res.returncode == 1
+    assert res.returncode == 32  # mount(8)'s "mount failure" (issue 13)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert re.fullmatch(r"imapfs: login as bob on 127\.0\.0\.1:\d+ failed: .*", lines[0]), lines[0]
@@ -105,7 +105,7 @@ def test_wrong_non_ascii_password_in_foreground_logs_no_secret(server, tmp_mount
     with Proxy(server.host, server.port, rewrite_server=_hide_plain) as proxy:
         res = run_imapfs([_url(proxy.port), tmp_mountpoint, "-f", "-d", "-o", f"tls=off,logfile={log}"],
                          password=wrong)
-    assert res.returncode == 1
+    assert res.returncode == 32  # mount(8)'s "mount failure" (issue 13)
     assert "Traceback" not in res.stderr
     _assert_secret_absent(wrong, res.stderr, res.stdout, log.read_bytes() if log.exists() else b"")
     assert_not_mounted(tmp_mountpoint)

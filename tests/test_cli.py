@@ -284,6 +284,11 @@ def test_tls_bad_value(value):
     ("allow_root", "allow_root", True),
     ("debug", "debug", True),
     ("foreground", "foreground", True),
+    ("auth=xoauth2", "auth", "xoauth2"),
+    ("auth=OAUTHBEARER", "auth", "oauthbearer"),
+    ("auth=plain", "auth", "plain"),
+    ("auth=login", "auth", "login"),
+    ("auth=auto", "auth", "auto"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_option_values(opt, attr, value):
     cfg = args("-o", opt)
@@ -322,6 +327,8 @@ def test_accepted_flag_without_effect(opt):
     ("mem_cache=-1M", "bad size"),
     ("mem_cache=1.5G", "bad size"),
     ("mem_cache=1T", "bad size"),
+    ("auth=cram-md5", "auth= takes auto, plain, login, xoauth2, oauthbearer"),
+    ("auth=", "auth= takes"),
 ], ids=lambda v: v)
 def test_option_value_refused(opt, needle):
     msg = refused([SRC, MNT, "-o", opt])

@@ -74,6 +74,7 @@ def test_background_mount_returns_when_live_and_umount_ends_daemon(server, mp):
 def test_mount_t_fuse_imapfs_with_fstab_options(server, mp, tmp_path):
     pwfile = tmp_path / "pw"
     pwfile.write_text(server.password + "\n")
+    pwfile.chmod(0o600)
     env = dict(os.environ)
     env.pop("IMAPFS_PASSWORD", None)
     opts = f"rw,nosuid,nodev,noatime,_netdev,x-systemd.automount,tls=off,password_file={pwfile}"
@@ -107,6 +108,7 @@ def test_foreground_daemon_exits_0_on_fusermount_u(server, mp):
 def test_password_command_and_file(server, mp, tmp_path):
     pw = tmp_path / "pw"
     pw.write_text(server.password + "\nsecond line is ignored\n")
+    pw.chmod(0o600)
     with mount_dovecot(server, mp, password=None, options=[f"password_command=cat {pw}"]) as m:
         assert len(_eml(m)) == 3
     with mount_dovecot(server, mp, password=None, options=[f"password_file={pw}"]) as m:
@@ -251,3 +253,13 @@ def test_fsname_and_subtype_options_override_defaults(server, mp):
         assert len(_eml(m)) == 3
         line = [l for l in Path("/proc/self/mounts").read_text().splitlines() if f" {mp} " in f" {l} "]
         assert line and line[0].split()[0] == "mymail" and line[0].split()[2] == "fuse.mailfs"
+
+
+def test_password_file_readable_by_others_is_refused(server, mp, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(server.password + "\n")
+    pw.chmod(0o644)
+    res = run_imapfs([server.url("imap"), mp, "-o", f"tls=off,password_file={pw}"])
+    assert res.returncode == 32
+    _fails_cleanly(res, mp, rf"^imapfs: password_file {re.escape(str(pw))} is accessible by other users "
+                            rf"\(mode 0644\); run: chmod o= {re.escape(str(pw))}$")

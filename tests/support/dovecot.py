@@ -217,8 +217,11 @@ class Dovecot:
     get their SPECIAL-USE attributes (when created) and SPECIAL-USE is
     advertised.  ``auth_failure_delay``: seconds (Dovecot's default is 2).
     ``max_connections``: per user and IP (Dovecot's default is 10).
-    ``extra_config``: text appended to the configuration.  ``base``: directory to use (default: a fresh temp dir,
-    removed by :meth:`cleanup`).
+    ``extra_config``: text appended to the configuration.  ``auth_mechanisms``:
+    Dovecot's list (default ``plain login``); with more (e.g. ``xoauth2
+    oauthbearer`` and an oauth2 passdb in ``extra_config``, see
+    tests/support/oauth.py) the passwd-file passdb keeps to ``plain login``.
+    ``base``: directory to use (default: a fresh temp dir, removed by :meth:`cleanup`).
 
     The server gets SIGKILL when the thread that started it exits (so no
     orphan survives a killed pytest): start servers from the main thread.
@@ -231,7 +234,8 @@ class Dovecot:
                  ca_file: Path | str | None = None,
                  special_use: bool = True, auth_failure_delay: int = 0,
                  max_connections: int = 100,
-                 extra_config: str = "", base: Path | str | None = None,
+                 extra_config: str = "", auth_mechanisms: str = "plain login",
+                 base: Path | str | None = None,
                  start_timeout: float = 10.0):
         if os.geteuid() != 0:
             raise DovecotError("tests/support/dovecot.py runs Dovecot as root "
@@ -258,6 +262,7 @@ class Dovecot:
         self.max_connections = max_connections
         self.auth_failure_delay = int(auth_failure_delay)
         self.extra_config = extra_config
+        self.auth_mechanisms = auth_mechanisms
         self.start_timeout = start_timeout
         self.host = HOST
         self.port = free_port()
@@ -311,6 +316,8 @@ class Dovecot:
         special = ("".join(f"  mailbox {name} {{\n    special_use = \\{name}\n  }}\n"
                            for name in ("Drafts", "Junk", "Sent", "Trash"))
                    if self.special_use else "")
+        passdb_mechs = ("  mechanisms = plain login\n"
+                        if self.auth_mechanisms.split() != ["plain", "login"] else "")
         cap = (f"  imap_capability = {self.capabilities}\n"
                if self.capabilities is not None else "")
         conf = f"""\
@@ -325,7 +332,7 @@ listen = {HOST}
 protocols = imap
 shutdown_clients = yes
 {ssl_lines}disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {self.auth_mechanisms}
 # Dovecot answers a failed login after auth_failure_delay (2 s; with 0 it
 # is 0.5 s, its timer's period), and anvil adds a penalty growing to 15 s
 # per IP after repeated failures.  Tests need no tarpit: mode 0 on anvil's
@@ -338,7 +345,7 @@ service anvil {{
 }}
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.passwd_path}
+{passdb_mechs}  args = scheme=PLAIN username_format=%u {self.passwd_path}
 }}
 userdb {{
   driver = static
