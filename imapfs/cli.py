@@ -69,6 +69,7 @@ class Config:
     poll: float = 60.0
     connections: int = 4
     mem_cache: int = 64 * 1024 * 1024
+    max_message: int = 256 * 1024 * 1024  # the largest file written into the mount (EFBIG beyond)
     noparts: bool = False
     read_only: bool = False
     allow_other: bool = False
@@ -180,6 +181,10 @@ def _apply_option(cfg: Config, opt: str) -> None:
         cfg.connections = int(_number(name, value, 1, 32))
     elif name in ("mem_cache", "memory_cache"):
         cfg.mem_cache = parse_size(value)
+    elif name == "max_message":
+        cfg.max_message = parse_size(value)
+        if cfg.max_message < 1024:
+            raise ConfigError(f"max_message={value} is too small (at least 1K)")
     elif name == "logfile":
         cfg.logfile = value
     elif name == "cache_dir":

@@ -74,6 +74,10 @@ class InvalidArgument(ImapfsError):
     """The request makes no sense for this object (e.g. a bad flag value)."""
 
 
+class TooLarge(ImapfsError):
+    """A file would grow past the largest message the mount stores (max_message=, APPENDLIMIT)."""
+
+
 _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotFound, errno.ENOENT),
     (StaleError, errno.ESTALE),
@@ -81,6 +85,7 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotEmpty, errno.ENOTEMPTY),
     (Exists, errno.EEXIST),
     (InvalidArgument, errno.EINVAL),
+    (TooLarge, errno.EFBIG),
     (Unsupported, errno.EPERM),
     (AuthError, errno.EACCES),
     (ServerUnavailable, errno.EIO),

@@ -18,6 +18,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOn
 from .imapproto import parse_internaldate
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
-from .tree import Folder, Msg, Tree
+from .tree import Folder, Msg, Tree, check_date, split_flags
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 _NO_XATTR = pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
 # Answers to a request that made no sense, not failures of ours: no warning.
-_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE}
+_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE, errno.EFBIG}
 
 
 def _guarded(fn: F) -> F:
@@ -373,7 +374,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, PendingFile):
             if node.stored:
                 return await self.tree.read(node.committed, off, size)
-            return node.read(off, size)
+            return await self.tree.read_pending(node, off, size)
         if isinstance(node, PartFile):
             assert self.parts is not None
             return await self.parts.read(node, off, size)
@@ -386,11 +387,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(fh)
         if not isinstance(node, PendingFile) or node.gone:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if node.committed is not None:
-            self.tree.reopen(node)
-        elif getattr(node, "journal_seq", None) is not None and not node.dirty:
-            self.tree.rejournal(node)  # written again after it went into the offline journal
-        return node.write(off, buf)
+        return await self.tree.write_pending(node, off, buf)  # EFBIG past max_message / APPENDLIMIT
 
     @_guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -420,9 +417,14 @@ class Operations(pyfuse3.Operations):
             self.tree.reopen(target)  # ftruncate on a handle whose file was already stored
         if isinstance(target, PendingFile) and not target.stored:
             if fields.update_size:
-                target.truncate(attr.st_size)
+                await self.tree.truncate_pending(target, attr.st_size)  # sparse; EFBIG past the limit
             if fields.update_mtime:
-                self.tree.set_pending_date(target, attr.st_mtime_ns // 1_000_000_000)
+                when = attr.st_mtime_ns // 1_000_000_000
+                try:
+                    self.tree.set_pending_date(target, when)
+                except InvalidArgument:  # `touch -d 1900-01-01`: rsync -a must not fail on it
+                    log.debug("%s: mtime %d cannot be an INTERNALDATE; the server's time is used",
+                              target.name, when)
             return self._attrs(target if fh is None else node)
         if fields.update_size:
             if self.read_only:
@@ -558,7 +560,7 @@ class Operations(pyfuse3.Operations):
         text = value.decode("utf-8", "replace").strip().rstrip("\0")
         if isinstance(node, PendingFile):
             if name == XATTR_FLAGS:
-                self.tree.set_pending_flags(node, text.split())
+                self.tree.set_pending_flags(node, split_flags(text))
             elif name == XATTR_DATE:
                 self.tree.set_pending_date(node, parse_date_xattr(text))
             # Anything else (user.imap.uid of the source, other tools' xattrs) is
@@ -567,7 +569,7 @@ class Operations(pyfuse3.Operations):
         if not isinstance(node, Msg):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name == XATTR_FLAGS:
-            await self.tree.set_flags(node, text.split())
+            await self.tree.set_flags(node, split_flags(text))
         elif name in (XATTR_UID, XATTR_UIDVALIDITY, XATTR_DATE):
             current = await self._getxattr(inode, name, ctx)
             if text != current.decode():
@@ -614,10 +616,17 @@ def format_internaldate(epoch: int) -> bytes:
 
 
 def parse_date_xattr(text: str) -> int:
-    """``user.imap.internaldate``: an IMAP date-time, or seconds since the epoch."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return parse_internaldate(text.encode())
-    except ProtocolError:
-        raise InvalidArgument(f"not an IMAP date-time: {text!r}") from None
+    """``user.imap.internaldate``: an IMAP date-time, or seconds since the epoch (ASCII digits).
+
+    Only dates that can be sent (1970 to 9999) are accepted: anything else is
+    refused here with EINVAL rather than fail the APPEND later.
+    """
+    if re.fullmatch(r"[0-9]{1,20}", text):
+        when = int(text)
+    else:
+        try:
+            when = parse_internaldate(text.encode("utf-8", "replace"))
+        except ProtocolError:
+            raise InvalidArgument(f"not an IMAP date-time: {text[:80]!r}") from None
+    check_date(when)
+    return when

@@ -271,6 +271,7 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
         notifier = KernelNotifier()
         tree = Tree(pool, revalidate=min(5.0, cfg.poll), mem_cache=cfg.mem_cache, notifier=notifier,
                     read_only=cfg.read_only, trash=cfg.trash, disk=disk)
+        tree.max_message = cfg.max_message
         journal = Journal(tree, disk) if disk is not None else None
         loaded = await tree.load_from_disk()
         if not pool.online and not loaded:

@@ -29,10 +29,10 @@ from typing import Any
 import trio
 
 from .disk import Disk
-from .errors import CommandFailed, Exists, ImapfsError, NotFound, ServerUnavailable, Unsupported
+from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
 from .pending import PendingFile
 from .session import Connection
-from .tree import Folder, FolderState, Msg, Tree
+from .tree import Folder, FolderState, Msg, Tree, check_date, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ RECOVERED = b"imapfs-recovered"
 MAX_ATTEMPTS = 5
 REFUSED_TRIES = 3  # an APPEND the server answers NO this often is saved aside (like online)
 _MSGID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
+_SEARCHABLE_ID = re.compile(rb"<[\x21-\x7e]{1,900}>")  # printable ASCII: it can be quoted in UID SEARCH
+MSGID_WINDOW = 1024 * 1024  # the header is looked for in the first MiB only
 
 
 class Skip(Exception):
@@ -47,9 +49,19 @@ class Skip(Exception):
 
 
 def message_id(data: bytes) -> str | None:
-    head = data.split(b"\r\n\r\n", 1)[0]
+    """The Message-ID to look a possibly-sent APPEND up by; None if there is none that
+    could be sent in a search (NUL, 8-bit, absurdly long): such a message may then be
+    stored twice, never lost."""
+    head = data[:MSGID_WINDOW].split(b"\r\n\r\n", 1)[0]
     m = _MSGID.search(head)
-    return m.group(1).decode("ascii", "replace") if m else None
+    if not m or not _SEARCHABLE_ID.fullmatch(m.group(1)):
+        return None
+    return m.group(1).decode("ascii")
+
+
+def describe(err: BaseException) -> str:
+    """An error for the log and the journal: our own say what happened, others also what they are."""
+    return str(err) if isinstance(err, ImapfsError) else f"{type(err).__name__}: {err}"
 
 
 class Journal:
@@ -93,26 +105,40 @@ class Journal:
         return self._show_mkdir(path, raw)
 
     async def append(self, p: PendingFile, maybe_sent: bool = False) -> None:
-        data = p.data()
+        """Record the current version of *p*. Called under the file's commit lock (Tree.commit).
+
+        Only the version recorded is marked clean: a write made while the record is
+        being written keeps the file dirty, and the uploader records it again (the new
+        record supersedes this one).
+        """
+        data, data_gen = await trio.to_thread.run_sync(p.data_and_generation)  # a big file: off the loop
+        meta = p.meta_generation
         folder = p.folder
         flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
         date = p.date if p.date is not None else (p.replaces.date if p.replaces else None)
         replaces = [p.replaces.uidvalidity, p.replaces.uid] if p.replaces is not None else None
+        # Our own copies of earlier versions (stored while it was being written): removed once this is.
+        earlier = [[m.folder.raw, m.uidvalidity, m.uid] for m in p.superseded if not m.gone and m.folder.raw]
         seq = await self._record("append", {"folder": folder.raw, "flags": [f for f in flags if f.lower() != "\\recent"],
-                                            "date": date, "replaces": replaces, "name": p.name}, data)
+                                            "date": date, "replaces": replaces, "name": p.name,
+                                            "superseded": earlier}, data)
         if maybe_sent:  # the connection died during an APPEND: it may be on the server already
             await self.disk.call(self.store.journal_started, seq)
         await self.supersede(p)  # an earlier record of this file (written or renamed since) is void
-        p.dirty = False
-        p.journal_seq = seq  # type: ignore[attr-defined]
-        self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too
+        p.superseded.clear()
+        p.journal_seq = seq
+        p.mark_clean(data_gen + meta)
+        if p.dirty:  # changed while it was being recorded: that version is recorded next
+            self.tree._touch(p)
+        else:
+            self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too
 
     async def supersede(self, p: PendingFile) -> None:
         """Drop the journal record of an older version of *p* (a newer one is recorded or stored)."""
         old = getattr(p, "journal_seq", None)
         if old is None:
             return
-        p.journal_seq = None  # type: ignore[attr-defined]
+        p.journal_seq = None
         if old in {e.seq for e in await self.disk.call(self.store.journal_pending)}:
             await self.disk.call(self.store.journal_skip, old, "superseded by a later version of the file")
             self.pending -= 1
@@ -187,77 +213,110 @@ class Journal:
                     self._show_mkdir(tuple(a["path"]), a["name"])
                 elif e.op == "append":
                     folder = self._folder(a["folder"])
-                    data = e.read_blob()
+                    data = await trio.to_thread.run_sync(e.read_blob)  # read and hashed off the loop
                     if folder is not None and data is not None:
                         p = self.tree._pending(folder, a.get("name") or f"offline-{e.seq}.eml")
-                        p.write(0, data)
-                        p.dirty = False
-                        p.journal_seq = e.seq  # type: ignore[attr-defined]
+                        await trio.to_thread.run_sync(p.write, 0, data)
+                        p.mark_clean(p.generation)
+                        p.journal_seq = e.seq
                         self.tree._pendings.discard(p)
                         folder.pending[p.name] = p
-            except (ImapfsError, KeyError, TypeError) as err:
-                log.warning("offline change #%d (%s) cannot be shown: %s", e.seq, e.op, err)
+            except Exception as err:  # noqa: BLE001 - one odd entry must not stop the mount
+                log.warning("offline change #%d (%s) cannot be shown: %s", e.seq, e.op, describe(err))
         if entries:
             log.info("%d offline changes from an earlier run wait for the server", len(entries))
 
     # -- replaying ---------------------------------------------------------------------
 
     async def replay(self) -> None:
-        """Send every recorded change, in order, while the server answers."""
+        """Send every recorded change, in order, while the server answers.
+
+        Any failure of one entry is that entry's (counted, and set aside after a few);
+        nothing raised here reaches the watcher, whose round syncs after the replay.
+        """
         if self.pending <= 0 or not self.tree.pool.available():
             return
         async with self._lock:
-            entries = await self.disk.call(self.store.journal_pending)
-            self.pending = len(entries)
-            if not entries:
-                return
-            log.info("replaying %d offline changes", len(entries))
-            touched: set[bytes] = set()
-            for e in entries:
-                for key in ("src", "dest", "folder", "trash"):
-                    if isinstance(e.args.get(key), bytes):
-                        touched.add(e.args[key])
-                try:
-                    # Shielded: a change sent to the server is also marked done, even if
-                    # the mount is being torn down (else the next mount would redo it).
-                    with trio.CancelScope(shield=True):
-                        outcome = await self._apply(e)
-                        await self.disk.call(self.store.journal_done, e.seq, outcome)
-                except Skip as s:
-                    await self.disk.call(self.store.journal_skip, e.seq, str(s))
-                    self.pending -= 1
-                    note = f"#{e.seq} {e.op}: {s}"
-                    self.not_applied.append(note)
-                    log.warning("offline change %s was not applied", note)
-                    continue
-                except ServerUnavailable as err:
-                    # Not the change's fault: no attempt counted; what is left stays shown.
-                    log.info("replay paused: %s", err)
-                    return
-                except ImapfsError as err:
-                    await self.disk.call(self.store.journal_failed, e.seq, str(err))
-                    if e.op == "append" and isinstance(err, CommandFailed) and e.attempts + 1 >= REFUSED_TRIES:
-                        # The server keeps refusing it (e.g. a zero-byte message): never dropped,
-                        # never blocking everything after it either.
-                        path = await trio.to_thread.run_sync(self._save_unsent, e)  # fsync: off the loop
-                        why = f"the server refused it {REFUSED_TRIES} times ({err}); its bytes are saved in {path}"
-                        await self.disk.call(self.store.journal_skip, e.seq, why)
-                        self.pending -= 1
-                        self.not_applied.append(f"#{e.seq} append: {why}")
-                        log.error("offline change #%d: %s", e.seq, why)
-                        continue
-                    if e.attempts + 1 >= MAX_ATTEMPTS and e.op != "append":
-                        await self.disk.call(self.store.journal_skip, e.seq, f"failed {MAX_ATTEMPTS} times: {err}")
-                        self.pending -= 1
-                        self.not_applied.append(f"#{e.seq} {e.op}: {err}")
-                        log.error("offline change #%d (%s) gave up after %d attempts: %s",
-                                  e.seq, e.op, MAX_ATTEMPTS, err)
-                        continue
-                    log.error("offline change #%d (%s) failed: %s; will retry", e.seq, e.op, err)
-                    break  # keep the order: later changes may depend on this one
+            try:
+                await self._replay()
+            except ServerUnavailable as err:
+                log.info("replay paused: %s", err)
+            except Exception as err:  # noqa: BLE001 - e.g. the journal cannot be read; next round
+                log.error("replay of offline changes stopped: %s; it is tried again at the next round",
+                          describe(err))
+
+    async def _replay(self) -> None:
+        entries = await self.disk.call(self.store.journal_pending)
+        self.pending = len(entries)
+        if not entries:
+            return
+        log.info("replaying %d offline changes", len(entries))
+        touched: set[bytes] = set()
+        for e in entries:
+            for key in ("src", "dest", "folder", "trash"):
+                if isinstance(e.args.get(key), bytes):
+                    touched.add(e.args[key])
+            try:
+                # Shielded: a change sent to the server is also marked done, even if
+                # the mount is being torn down (else the next mount would redo it).
+                with trio.CancelScope(shield=True):
+                    outcome = await self._apply(e)
+                    await self.disk.call(self.store.journal_done, e.seq, outcome)
+            except Skip as s:
+                await self.disk.call(self.store.journal_skip, e.seq, str(s))
                 self.pending -= 1
-                log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
+                note = f"#{e.seq} {e.op}: {s}"
+                self.not_applied.append(note)
+                log.warning("offline change %s was not applied", note)
+                continue
+            except ServerUnavailable as err:
+                # Not the change's fault: no attempt counted; what is left stays shown.
+                log.info("replay paused: %s", err)
+                return
+            except Exception as err:  # noqa: BLE001 - any failure is this entry's
+                if await self._failed(e, err):
+                    continue
+                break  # keep the order: later changes may depend on this one
+            self.pending -= 1
+            log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
+        try:
             await self._settle(touched)
+        except ImapfsError as err:
+            log.info("after the replay, the folders could not be listed again yet: %s", err)
+
+    async def _failed(self, e: Any, err: BaseException) -> bool:
+        """Count a failed attempt of entry *e*; set it aside at its limit. True: go on with the next.
+
+        The server's NO or BAD may change (a full quota, a folder being renamed), so the
+        entries after it wait, to keep the order, up to the limit. Anything else (a value
+        that can never be sent, a bug) will not get better and holds back nothing.
+        An APPEND is never dropped: set aside means saved to the unsent folder (or, if even
+        that fails, kept in journal-kept/ by journal_skip).
+        """
+        text = describe(err)
+        attempts = e.attempts + 1
+        await self.disk.call(self.store.journal_failed, e.seq, text)
+        if e.op == "append" and attempts >= REFUSED_TRIES:
+            try:
+                path = await trio.to_thread.run_sync(self._save_unsent, e)  # fsync: off the loop
+                where = f"its bytes are saved in {path}"
+            except Exception as save_err:  # noqa: BLE001 - e.g. a damaged blob: journal_skip keeps it
+                where = f"its bytes could not be saved aside ({describe(save_err)}) and stay in journal-kept/"
+            said = "the server refused it" if isinstance(err, CommandFailed) else "it could not be sent"
+            why = f"{said} {REFUSED_TRIES} times ({text}); {where}"
+            await self.disk.call(self.store.journal_skip, e.seq, why)
+            self.pending -= 1
+            self.not_applied.append(f"#{e.seq} append: {why}")
+            log.error("offline change #%d: %s", e.seq, why)
+            return True
+        if attempts >= MAX_ATTEMPTS and e.op != "append":
+            await self.disk.call(self.store.journal_skip, e.seq, f"failed {MAX_ATTEMPTS} times: {text}")
+            self.pending -= 1
+            self.not_applied.append(f"#{e.seq} {e.op}: {text}")
+            log.error("offline change #%d (%s) gave up after %d attempts: %s", e.seq, e.op, MAX_ATTEMPTS, text)
+            return True
+        log.error("offline change #%d (%s) failed: %s; will retry", e.seq, e.op, text)
+        return not isinstance(err, ImapfsError) or isinstance(err, InvalidArgument)
 
     async def _settle(self, touched: set[bytes]) -> None:
         """Show the server's truth again for the folders whose recorded changes are all done."""
@@ -340,6 +399,7 @@ class Journal:
             return await pool.run(delete, folder=folder, retry=False)
         if e.op == "flags":
             folder, uidv, uid, flags = a["folder"], a["uidvalidity"], a["uid"], a["flags"]
+            check_flags(flags)  # a value imaplib cannot send: this entry's failure, before any command
 
             def setflags(c: Connection) -> str:
                 self._check_message(c, folder, uidv, uid)
@@ -380,19 +440,22 @@ class Journal:
 
     async def _apply_append(self, e: Any) -> str:
         a = e.args
-        data = e.read_blob()
+        data = await trio.to_thread.run_sync(e.read_blob)  # read and hashed off the loop
         if data is None:
             raise Skip("no message bytes recorded")
         folder, flags, date, replaces = a["folder"], a.get("flags") or [], a.get("date"), a.get("replaces")
+        earlier = a.get("superseded") or []
+        check_flags(flags)  # values imaplib cannot send: this entry's failure, not the replay's
+        check_date(date)
         mid = message_id(data)
         pool = self.tree.pool
         if e.started is not None and mid is not None:
             # A run that crashed (or a connection that died) after sending it may have
             # stored it already. The Message-ID only finds candidates: an edit's old
             # version has the same one, so only the same bytes count as "stored".
-            wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # what APPEND would have stored
 
             def look(c: Connection) -> bool:
+                wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # what APPEND would have stored
                 for box in (folder, RECOVERED):
                     try:
                         for uid in c.search_header(box, "Message-ID", mid):
@@ -430,6 +493,14 @@ class Journal:
                         c.expunge_message(folder, uidv, uid)
                 except ImapfsError as err:
                     log.warning("offline edit #%d stored, but the old version stays: %s", e.seq, err)
+            for box, uidv, uid in earlier:  # our copies of earlier versions of the same file
+                try:
+                    info = c.select(box)
+                    if info.uidvalidity == uidv and c.uid_exists(box, uidv, uid):
+                        c.expunge_message(box, uidv, uid)
+                except ImapfsError as err:
+                    log.warning("offline change #%d stored, but a copy of an earlier version stays: %s",
+                                e.seq, err)
             return outcome + (f" as UID {where[1]}" if where else "")
 
         return await pool.run(append, retry=False)

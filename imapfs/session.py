@@ -854,12 +854,52 @@ class Connection:
         self.ensure_selected(name, uidvalidity)
         return any(u == uid for u, _ in self.uid_fetch(str(uid), "(UID)"))
 
-    def append(self, dest: bytes, data: bytes, flags: Sequence[str], date: int | None) -> tuple[int, int] | None:
-        """APPEND; returns (UIDVALIDITY, UID) from APPENDUID when the server has UIDPLUS."""
+    def append(self, dest: bytes, data: Any, flags: Sequence[str], date: int | None) -> tuple[int, int] | None:
+        """APPEND; returns (UIDVALIDITY, UID) from APPENDUID when the server has UIDPLUS.
+
+        *data* is bytes (imaplib turns every line end into CRLF), or a streamed
+        literal: an object whose ``len()`` is the literal's size and whose
+        ``chunks()`` yield exactly those bytes, already CRLF (``pending.WireLiteral``),
+        so a big message never sits in memory. imaplib sends a literal with one
+        ``self.send(literal)`` after the server's continuation; that one call is
+        turned into a send per chunk.
+        """
         fl = "(" + " ".join(flags) + ")" if flags else None
         when = imaplib.Time2Internaldate(date) if date is not None else None
-        typ, dat, codes = self._run_with_code(
-            "APPEND", "APPENDUID", lambda i: i.append(imapproto.quote(dest).decode("ascii"), fl, when, data))
+        mailbox = imapproto.quote(dest).decode("ascii")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+                return i.append(mailbox, fl, when, bytes(data))
+        else:
+            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+                send = i.send
+                utf8 = bool(getattr(i, "utf8_enabled", False))
+
+                class Literal:  # what imaplib's _command sees: a size, then one send() of it
+                    def __len__(self) -> int:
+                        return len(data) + (len(b"UTF8 ()") if utf8 else 0)
+
+                literal = Literal()
+
+                def send_chunks(b: Any) -> None:
+                    if b is not literal:
+                        send(b)
+                        return
+                    if utf8:
+                        send(b"UTF8 (")
+                    for chunk in data.chunks():
+                        send(chunk)
+                    if utf8:
+                        send(b")")
+
+                i.send = send_chunks  # type: ignore[method-assign]
+                try:
+                    i.literal = literal
+                    return i._simple_command("APPEND", mailbox, fl, when)
+                finally:
+                    i.literal = None
+                    del i.send
+        typ, dat, codes = self._run_with_code("APPEND", "APPENDUID", do)
         if typ != "OK":
             self._check(f"APPEND to {dest!r}", typ, dat)
         for c in codes:

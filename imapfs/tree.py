@@ -48,6 +48,7 @@ from .errors import (
     ReadOnly,
     ServerUnavailable,
     StaleError,
+    TooLarge,
     Unsupported,
 )
 from .imapproto import format_uid_set
@@ -61,8 +62,46 @@ CHUNK = 4 * 1024 * 1024  # messages up to this size are fetched whole; larger in
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
 _COOKIE_MESSAGES = 1 << 33
-# system flags and keywords (atoms without specials); \Recent is the server's alone
-_FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[^\s(){%*\"\\\]\x00-\x1f\x7f]+)$", re.I)
+# A flag we may send: a system flag, or a keyword, which is an atom (RFC 3501 flag-keyword = atom):
+# 1*ATOM-CHAR, any CHAR (US-ASCII 1-127) except ( ) { SP CTL % * " \ ]. "[" is an ATOM-CHAR.
+# \Recent is the server's alone (dropped before sending).
+_FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+)$", re.I | re.A)
+MAX_FLAG_LEN = 1000  # bytes of one keyword we send (RFC 5322 lines are 998; servers limit them too)
+MAX_FLAGS = 256  # keywords set on one message at once
+# INTERNALDATEs we send: 1970-01-01 to 9999-12-31 (4-digit years; imaplib fails outside)
+MIN_DATE = 0
+MAX_DATE = 253402300799
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024  # -o max_message=: the largest file written into the mount
+
+
+def split_flags(text: str) -> list[str]:
+    """A ``user.imap.flags`` value: flags separated by ASCII blanks (not by other Unicode spaces)."""
+    return [f for f in re.split(r"[ \t\r\n]+", text) if f]
+
+
+def check_flags(flags: list[str] | tuple[str, ...]) -> None:
+    """InvalidArgument unless every flag can be sent as it is (an atom per RFC 3501, bounded)."""
+    if len(flags) > MAX_FLAGS:
+        raise InvalidArgument(f"more than {MAX_FLAGS} flags")
+    for f in flags:
+        if len(f) > MAX_FLAG_LEN or not _FLAG.match(f):
+            raise InvalidArgument(f"not a valid IMAP flag or keyword: {f[:80]!r}")
+
+
+def check_date(when: int | None) -> None:
+    """InvalidArgument unless *when* (seconds since the epoch) can be sent as an INTERNALDATE."""
+    if when is not None and not (isinstance(when, int) and MIN_DATE <= when <= MAX_DATE):
+        raise InvalidArgument(f"INTERNALDATE out of range (1970 to 9999): {when!r}")
+
+
+def appendlimit(caps: frozenset[str]) -> int | None:
+    """The server's APPENDLIMIT=n (RFC 7889), if it announces one for every folder."""
+    for c in caps:
+        if c.startswith("APPENDLIMIT="):
+            v = c[len("APPENDLIMIT="):]
+            if v.isascii() and v.isdigit() and len(v) <= 19:
+                return int(v)
+    return None
 _COOKIE_PENDING = 1 << 60
 _COOKIE_OFFLINE = 1 << 59
 PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
@@ -293,6 +332,8 @@ class Tree:
         self._pendings: set[PendingFile] = set()  # every file not yet stored (the uploader's work list)
         self._msg_locks: dict[int, trio.Lock] = {}
         self._upload_wakeup = trio.Event()
+        self.max_message = DEFAULT_MAX_MESSAGE  # set by the mount from -o max_message=
+        self._spool_limiter = trio.CapacityLimiter(4)  # threads for the bytes of files being written
         self.revalidate = revalidate
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
@@ -676,7 +717,15 @@ class Tree:
         parsed = naming.parse_message_name(name)
         if parsed is not None and parsed[1] == "eml" and parent.selectable:
             uid = parsed[0]
-            st = await self.sync(parent)
+            try:
+                st = await self.sync(parent)
+            except ServerUnavailable:
+                if parent.state is not None:
+                    raise
+                # Offline, in a folder never listed: nothing of it can be shown, and no
+                # name in it can be opened, so as far as this mount goes it holds no such
+                # message. ENOENT (not EIO) lets `mv x.eml FOLDER/` go on and be journaled.
+                raise NotFound(f"{name} (offline, and {parent.name} was never listed)") from None
             m = st.msgs.get(uid) if st else None
             if m is None and st is not None and self.clock() - st.checked > 0.5:
                 st = await self.sync(parent, force=True)
@@ -1155,9 +1204,7 @@ class Tree:
 
     async def set_flags(self, m: Msg, flags: list[str]) -> None:
         self._writable()
-        for f in flags:
-            if not _FLAG.match(f):
-                raise InvalidArgument(f"not a valid IMAP flag or keyword: {f!r}")
+        check_flags(flags)
         flags = [f for f in flags if f.lower() != "\\recent"]
         src, uidv, uid = m.folder.raw, m.uidvalidity, m.uid
         assert src is not None
@@ -1179,6 +1226,7 @@ class Tree:
     def _pending(self, folder: Folder, name: str | None, replaces: Msg | None = None) -> PendingFile:
         self._next_pending += 1
         p = PendingFile(folder, name or "", self._next_pending, replaces=replaces, spool_dir=self.spool_dir)
+        p.commit_lock = trio.Lock()  # type: ignore[attr-defined]  # one commit of a file at a time
         self._inodes[p.inode] = p
         self._pendings.add(p)
         return p
@@ -1186,7 +1234,7 @@ class Tree:
     def rejournal(self, p: PendingFile) -> None:
         """A file already in the offline journal changed (written, renamed): record it again;
         the new record supersedes the old one (see Journal.append)."""
-        p.dirty = True
+        p.changed()
         self._pendings.add(p)
 
     def reopen(self, p: PendingFile) -> None:
@@ -1203,7 +1251,7 @@ class Tree:
         if name in folder.children or name in folder.pending:
             raise Exists(name)
         p = self._pending(folder, name)
-        p.dirty = True  # an empty new file is still a file the user made
+        p.changed()  # an empty new file is still a file the user made
         folder.pending[name] = p
         return p
 
@@ -1216,8 +1264,15 @@ class Tree:
             raise Unsupported("server lacks UIDPLUS")
         p = self._pending(m.folder, None, replaces=m)
         if not truncate:
-            p.write(0, await self.read(m, 0, m.size))
-            p.dirty = False
+            try:
+                for off in range(0, m.size, CHUNK):  # a chunk at a time: a big message never sits in memory
+                    piece = await self.read(m, off, CHUNK)
+                    if piece:
+                        await trio.to_thread.run_sync(p.write, off, piece, limiter=self._spool_limiter)
+            except BaseException:
+                self._discard(p)
+                raise
+            p.mark_clean(p.generation)  # the old version: nothing to store yet
         return p
 
     def opened(self, p: PendingFile) -> None:
@@ -1228,7 +1283,7 @@ class Tree:
         p.opens = max(0, p.opens - 1)
         if p.opens == 0:
             self._touch(p)
-            if not p.dirty and p.name == "" and p.committed is None:
+            if not p.dirty and p.name == "" and p.committed is None and not p.superseded:
                 self._discard(p)  # opened for writing, nothing written
 
     def _touch(self, p: PendingFile) -> None:
@@ -1238,15 +1293,54 @@ class Tree:
             self._upload_wakeup.set()
 
     def set_pending_flags(self, p: PendingFile, flags: list[str]) -> None:
-        for f in flags:
-            if not _FLAG.match(f):
-                raise InvalidArgument(f"not a valid IMAP flag or keyword: {f!r}")
+        check_flags(flags)
         p.flags = tuple(f for f in flags if f.lower() != "\\recent")
+        p.changed()
         self._touch(p)
 
     def set_pending_date(self, p: PendingFile, when: int) -> None:
+        check_date(when)
         p.date = when
+        p.changed()
         self._touch(p)
+
+    def message_limit(self) -> int:
+        """The largest file that may be written: ``-o max_message=``, or the server's APPENDLIMIT if lower."""
+        limit = appendlimit(self.caps)
+        return self.max_message if limit is None else min(self.max_message, limit)
+
+    def _check_size(self, p: PendingFile, size: int) -> None:
+        """EFBIG past the limit. The file is then marked: what was written is incomplete
+        (cp stopped half way), so it is not stored as mail but saved aside (see uploader)."""
+        limit = self.message_limit()
+        if size > limit:
+            log.info("refused: %s would be %d bytes, more than the %d this mount stores "
+                     "(-o max_message= or the server's APPENDLIMIT)", p.name or "an edited message", size, limit)
+            p.too_large = True
+            raise TooLarge(f"{p.name or 'an edited message'} would be {size} bytes (limit {limit})")
+
+    async def write_pending(self, p: PendingFile, offset: int, data: bytes) -> int:
+        """write(2) on a file being written: EFBIG past the limit; the bytes go in a worker thread."""
+        if not data:
+            return 0
+        self._check_size(p, offset + len(data))
+        if p.committed is not None:
+            self.reopen(p)  # written again after it was stored: a new version
+        elif p.journal_seq is not None:
+            self._pendings.add(p)  # written again after it was journaled: record it again
+        return await trio.to_thread.run_sync(p.write, offset, data, limiter=self._spool_limiter)
+
+    async def truncate_pending(self, p: PendingFile, size: int) -> None:
+        """truncate/ftruncate: sparse, so growing allocates nothing; EFBIG past the limit.
+        Truncating to a size within the limit starts over: the file may be stored again."""
+        self._check_size(p, size)
+        if p.journal_seq is not None:
+            self._pendings.add(p)
+        await trio.to_thread.run_sync(p.truncate, size, limiter=self._spool_limiter)
+        p.too_large = False
+
+    async def read_pending(self, p: PendingFile, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(p.read, offset, size, limiter=self._spool_limiter)
 
     def rename_pending(self, p: PendingFile, dest: Folder, name: str) -> None:
         self._writable()
@@ -1267,10 +1361,12 @@ class Tree:
             target = cand if cand is not None and cand.name == name else None
         if target is not None and not target.gone:
             p.replaces = target  # a save over an existing message: the old one goes after the new is stored
+        if dest is not p.folder:
+            p.changed()  # a copy being APPENDed to the old folder must be stored again in the new one
         p.folder = dest
         p.name = name
         dest.pending[name] = p
-        if getattr(p, "journal_seq", None) is not None:
+        if p.journal_seq is not None:
             self.rejournal(p)  # its recorded folder or name is stale now
         self._touch(p)
 
@@ -1286,31 +1382,90 @@ class Tree:
     def unlink_pending(self, p: PendingFile) -> None:
         self._discard(p)
 
+    def _sendable(self, p: PendingFile) -> tuple[tuple[str, ...], int | None]:
+        """The flags and date to APPEND *p* with. What the user set was checked when it was
+        set; what an edit takes over from the old version is filtered here (a keyword another
+        client stored, an INTERNALDATE out of range) rather than make the new version unsendable."""
+        if p.flags is not None:
+            flags = p.flags
+            check_flags(flags)
+        else:
+            flags = p.replaces.flags if p.replaces else ()
+            bad = [f for f in flags if len(f) > MAX_FLAG_LEN or not _FLAG.match(f)]
+            if bad:
+                log.warning("%s: the old version's flags %s cannot be sent; storing the new one without them",
+                            p.name or "an edited message", " ".join(repr(f) for f in bad))
+                flags = tuple(f for f in flags if f not in bad)
+        flags = tuple(f for f in flags if f.lower() != "\\recent")
+        if p.date is not None:
+            date: int | None = p.date
+            check_date(date)
+        else:
+            date = p.replaces.date if p.replaces else None
+            try:
+                check_date(date)
+            except InvalidArgument:
+                log.warning("%s: the old version's date %r cannot be sent; the server's time is used",
+                            p.name or "an edited message", date)
+                date = None
+        return flags, date
+
     async def commit(self, p: PendingFile) -> Msg | None:
-        """APPEND the buffered bytes; then expunge what they replace; then show the new message."""
-        if p.committed is not None or p.gone or not p.dirty:
+        """Store the current version of *p*: APPEND, then expunge what it replaces, then show it.
+
+        One commit of a file at a time: a second one (fsync while the uploader is at it) waits,
+        then finds the file clean, so a file is never APPENDed twice. The version sent is
+        marked stored only if the file did not change meanwhile; otherwise the newer version
+        stays dirty, is stored next, and the copy stored now is expunged once it is.
+        """
+        lock: trio.Lock = p.commit_lock  # type: ignore[attr-defined]
+        if lock.locked():
+            log.debug("%s: waits for the APPEND in progress", p.name or "an edited message")
+        async with lock:
+            return await self._commit(p)
+
+    async def _commit(self, p: PendingFile) -> Msg | None:
+        if p.gone or not p.dirty:
             return p.committed
+        if p.too_large:
+            raise TooLarge(f"{p.name or 'an edited message'} was cut short by the size limit; it is not stored")
         folder = p.folder
         raw = folder.raw
         assert raw is not None
         if self.journal is not None and (self.is_offline() or folder.local):
             await self.journal.append(p)
             return None
-        flags = p.flags if p.flags is not None else (p.replaces.flags if p.replaces else ())
-        flags = tuple(f for f in flags if f.lower() != "\\recent")
-        date = p.date if p.date is not None else (p.replaces.date if p.replaces else None)
-        data = p.data()
+        flags, date = self._sendable(p)
+        meta = p.meta_generation  # flags, date and folder as read just above
+        snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self._spool_limiter)
+        size = len(snap)
         try:
-            where = await self.pool.run(lambda c: c.append(raw, data, flags, date), retry=False)
+            where = await self.pool.run(lambda c: c.append(raw, snap, flags, date), retry=False)
         except ServerUnavailable:
             if self.journal is None:
                 raise
             await self.journal.append(p, maybe_sent=True)  # replay looks it up by Message-ID first
             return None
-        p.dirty = False
-        log.info("stored %s in %s (%d bytes)", p.name or "a new version", raw.decode("ascii", "replace"), len(data))
-        if self.journal is not None and getattr(p, "journal_seq", None) is not None:
-            await self.journal.supersede(p)
+        finally:
+            if not isinstance(snap, bytes):
+                snap.close()
+        # Stored. No checkpoint since the APPEND returned: the version sent is marked before a
+        # cancellation could make us send it again; the rest runs to its end (shielded).
+        p.mark_clean(data_gen + meta)
+        with trio.CancelScope(shield=True):
+            return await self._stored(p, folder, where, size)
+
+    async def _stored(self, p: PendingFile, folder: Folder, where: tuple[int, int] | None,
+                      size: int) -> Msg | None:
+        """After an APPEND of *p* to *folder*: show the new message, expunge what it replaces."""
+        raw = folder.raw or b""
+        name = p.name or "a new version"
+        log.info("stored %s in %s (%d bytes)", name, raw.decode("ascii", "replace"), size)
+        if self.journal is not None and p.journal_seq is not None:
+            try:
+                await self.journal.supersede(p)
+            except Exception as e:  # noqa: BLE001 - the replay finds it stored (same bytes) at worst
+                log.warning("stored %s, but its offline record could not be dropped (%s)", name, e)
         # The message is on the server now: nothing below may make us store it
         # again, so what follows is best effort and only logged.
         new: Msg | None = None
@@ -1320,6 +1475,21 @@ class Tree:
             log.warning("stored %s but could not list it yet (%s); the next sync shows it", p.name, e)
             if folder.state is not None:
                 folder.state.checked = 0.0
+        if p.gone:
+            # Removed (rm, or replaced by a rename) while its APPEND was on the way: what the
+            # user last saw is no such file, so the copies we stored of it go too (by UID).
+            # Whatever it was to replace is left alone.
+            for copy in ([new] if new is not None else []) + p.superseded:
+                if copy.gone:
+                    continue
+                try:
+                    await self.delete_exact(copy)
+                    log.info("%s was removed while it was being stored; its stored copy is removed too", name)
+                except Exception as e:  # noqa: BLE001 - a message the user removed stays: never a loss
+                    log.warning("%s was removed while it was being stored, but its stored copy stays (%s)",
+                                name, e)
+            p.superseded.clear()
+            return None
         old = p.replaces
         if old is not None and not old.gone:
             try:
@@ -1330,6 +1500,30 @@ class Tree:
             except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
                 log.warning("stored the new version of %s but could not remove the old one (%s); "
                             "both are on the server", old.name, e)
+        for earlier in list(p.superseded):  # our own copies of earlier versions of this file
+            p.superseded.remove(earlier)
+            if earlier is new or earlier.gone:
+                continue
+            try:
+                await self.delete_exact(earlier)
+                earlier.successor = new
+            except NotFound:
+                pass
+            except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
+                log.warning("stored %s but could not remove the copy of its earlier version (%s); "
+                            "both are on the server", name, e)
+        if p.dirty:
+            # Written (or renamed, or its flags set) while the APPEND was on its way: the
+            # server has an earlier version. Store the newer one too; this copy goes once it is.
+            if new is not None:
+                p.superseded.append(new)
+            else:
+                log.warning("%s changed while it was being stored; without APPENDUID the copy of the "
+                            "earlier version cannot be told apart and stays on the server", name)
+            log.info("%s changed while it was being stored; the newer version follows", name)
+            self._pendings.add(p)
+            self._touch(p)
+            return None
         p.committed = new
         self._pendings.discard(p)
         if folder.pending.get(p.name) is p:
@@ -1366,54 +1560,101 @@ class Tree:
             due = [p for p in self._all_pending()
                    if p.opens == 0 and p.dirty and p.ready_at is not None and p.ready_at <= now]
             for p in due:
-                await self._commit_logged(p)
+                try:
+                    if p.too_large:
+                        await self._set_aside_too_large(p)
+                        continue
+                    await self._commit_logged(p)
+                except Exception:  # noqa: BLE001 - a bug costs this file's turn, never the uploader
+                    log.exception("storing %s failed unexpectedly; trying again in 60 s", p.name)
+                    p.ready_at = self.clock() + 60
             self._upload_wakeup = trio.Event()
             with trio.move_on_after(0.1 if self._all_pending() else 5):
                 await self._upload_wakeup.wait()
 
+    async def _set_aside(self, p: PendingFile, why: str) -> bool:
+        """Save the bytes of a file that cannot be stored to the unsent folder; False if that fails too."""
+        try:
+            path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir, limiter=self._spool_limiter)
+        except OSError as err:
+            log.critical("could not save %s to %s either (%s); keeping it in memory",
+                         p.name or "an edited message", self.unsent_dir, err)
+            return False
+        log.error("%s; its bytes are saved in %s", why, path)
+        self._discard(p)
+        self.notifier.entry_removed(p.folder.inode, p.name)
+        return True
+
+    async def _set_aside_too_large(self, p: PendingFile) -> None:
+        """A file cut short by EFBIG: not mail (the writer stopped half way); saved aside, not stored."""
+        name = p.name or "an edited message"
+        if p.size == 0:  # `truncate -s 50G x.eml`: nothing was written
+            log.info("%s was refused as too large and holds nothing; dropped", name)
+            self._discard(p)
+            self.notifier.entry_removed(p.folder.inode, p.name)
+            return
+        try:
+            path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir, limiter=self._spool_limiter)
+        except OSError as err:
+            log.critical("could not save %s to %s (%s); keeping it in memory", name, self.unsent_dir, err)
+            p.ready_at = self.clock() + 60
+            return
+        log.warning("%s grew past the size limit (EFBIG) and is not stored as mail; what was written "
+                    "(%d bytes) is saved in %s", name, p.size, path)
+        self._discard(p)
+        self.notifier.entry_removed(p.folder.inode, p.name)
+
     async def _commit_logged(self, p: PendingFile) -> None:
+        """The uploader's commit: any failure is this file's, retried with a growing delay.
+
+        A server that is away is waited for as long as the mount lives. Any other failure
+        (NO, a value imaplib cannot send, a bug) counts, and after REFUSED_APPEND_TRIES of
+        them the bytes are saved to the unsent folder: never retried forever, never dropped.
+        """
         try:
             await self.commit(p)
+            p.failures = p.refusals = 0
         except Exception as e:  # noqa: BLE001 - keep the bytes, retry later
             p.failures += 1
-            p.last_error = str(e)
-            if isinstance(e, CommandFailed) and p.failures >= REFUSED_APPEND_TRIES:
-                # The server keeps saying NO (e.g. "Can't save a zero byte message"):
-                # retrying forever helps nobody; keep the bytes where the user can find them.
-                try:
-                    path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir)
-                except OSError as err:
-                    log.critical("could not save %s to %s either (%s); keeping it in memory",
-                                 p.name, self.unsent_dir, err)
-                    p.ready_at = self.clock() + 60
+            p.last_error = str(e) if isinstance(e, ImapfsError) else f"{type(e).__name__}: {e}"
+            name = p.name or "an edited message"
+            where = (p.folder.raw or b"").decode("ascii", "replace")
+            if not isinstance(e, ServerUnavailable):
+                p.refusals += 1
+                if p.refusals >= REFUSED_APPEND_TRIES:
+                    # Retrying forever helps nobody (e.g. "Can't save a zero byte message");
+                    # keep the bytes where the user can find them.
+                    if isinstance(e, CommandFailed):
+                        why = f"the server refused to store {name} in {where} {p.refusals} times ({e})"
+                    else:
+                        why = f"could not store {name} in {where} ({p.refusals} attempts failed: {p.last_error})"
+                    if not await self._set_aside(p, why):
+                        p.ready_at = self.clock() + 60
                     return
-                log.error("the server refused to store %s in %s %d times (%s); its bytes are saved in %s",
-                          p.name or "an edited message", p.folder.raw, p.failures, e, path)
-                self._discard(p)
-                self.notifier.entry_removed(p.folder.inode, p.name)
-                return
             delay = min(60.0, 2.0 ** min(p.failures, 6))
             p.ready_at = self.clock() + delay
-            log.error("could not store %s in %s: %s (will retry in %.0f s)",
-                      p.name or "an edited message", p.folder.raw, e, delay)
+            log.error("could not store %s in %s: %s (will retry in %.0f s)", name, where, p.last_error, delay)
 
     async def flush_all(self) -> None:
         """At unmount: store every pending file; save what cannot be stored, never drop it."""
         for p in self._all_pending():
-            if not p.dirty:
-                continue
-            try:
-                with trio.fail_after(60):
-                    await self.commit(p)
-            except Exception as e:  # noqa: BLE001
+            for _ in range(3):  # a version that changed during its APPEND is stored next
+                if p.gone or not p.dirty:
+                    break
                 try:
-                    path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir)
-                except OSError as err:
-                    log.critical("could not store %s in %s at unmount (%s) nor save it in %s (%s)",
-                                 p.name or "an edited message", p.folder.raw, e, self.unsent_dir, err)
-                    continue
-                log.error("could not store %s in %s at unmount (%s); its bytes are saved in %s",
-                          p.name or "an edited message", p.folder.raw, e, path)
+                    with trio.fail_after(60):
+                        await self.commit(p)
+                except Exception as e:  # noqa: BLE001
+                    err = str(e) if isinstance(e, ImapfsError) else f"{type(e).__name__}: {e}"
+                    try:
+                        path = await trio.to_thread.run_sync(p.save_copy, self.unsent_dir)
+                    except OSError as oserr:
+                        log.critical("could not store %s in %s at unmount (%s) nor save it in %s (%s)",
+                                     p.name or "an edited message", p.folder.raw, err, self.unsent_dir, oserr)
+                        break
+                    log.error("could not store %s in %s at unmount (%s); its bytes are saved in %s",
+                              p.name or "an edited message", p.folder.raw, err, path)
+                    break
 
     # -- folders ---------------------------------------------------------------
 

@@ -123,6 +123,7 @@ def test_defaults():
     assert cfg.cafile is cfg.password_file is cfg.password_command is cfg.logfile is None
     assert (cfg.timeout, cfg.poll, cfg.connections) == (30.0, 60.0, 4)  # poll: folders not in use
     assert cfg.mem_cache == 64 << 20
+    assert cfg.max_message == 256 << 20
     assert cfg.fuse_options == set()
 
 
@@ -278,6 +279,8 @@ def test_tls_bad_value(value):
     ("mem_cache=512M", "mem_cache", 512 << 20),
     ("memory_cache=2G", "mem_cache", 2 << 30),
     ("mem_cache=0", "mem_cache", 0),
+    ("max_message=10M", "max_message", 10 << 20),
+    ("max_message=1G", "max_message", 1 << 30),
     ("ro", "read_only", True),
     ("noparts", "noparts", True),
     ("allow_other", "allow_other", True),
@@ -329,6 +332,8 @@ def test_accepted_flag_without_effect(opt):
     ("mem_cache=1T", "bad size"),
     ("auth=cram-md5", "auth= takes auto, plain, login, xoauth2, oauthbearer"),
     ("auth=", "auth= takes"),
+    ("max_message=big", "bad size"),
+    ("max_message=512", "too small"),
 ], ids=lambda v: v)
 def test_option_value_refused(opt, needle):
     msg = refused([SRC, MNT, "-o", opt])

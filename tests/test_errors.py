@@ -25,6 +25,7 @@ from imapfs.errors import (
     Offline,
     StaleError,
     TLSError,
+    TooLarge,
     Unsupported,
     errno_for,
 )
@@ -47,6 +48,7 @@ EXPECTED = {
     NotEmpty: errno.ENOTEMPTY,
     Exists: errno.EEXIST,
     InvalidArgument: errno.EINVAL,
+    TooLarge: errno.EFBIG,
 }
 
 

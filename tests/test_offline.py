@@ -371,3 +371,140 @@ def test_offline_edit_and_rm_to_trash_are_replayed(rig):
     assert len(inbox) == 1 and b"new text" in inbox[0]  # the new version, once; the old one expunged
     assert "\\Flagged" in next(iter(d.flags("INBOX").values()))  # flags carried over
     assert message_ids(d, "Trash") == ["tr"]
+
+
+# -- issue 10 items 4 and 5: a bad journal entry, a move into a folder never opened -------------
+
+def test_offline_mv_into_a_folder_never_opened_is_journaled(rig):
+    d = rig.d
+    d.create("Never")
+    d.append("A", msg("nv", "to never"))
+    m = rig.mount(allowed=[SERVER_AWAY])
+    (src,) = emls(m, "A")
+    src.read_bytes()
+    rig.server_away()  # "Never" was listed (LIST) but never opened: its messages are unknown
+    r = subprocess.run(["mv", str(src), str(m.path("Never"))], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not src.exists() and m.path("Never", src.name).read_bytes() == msg("nv", "to never")
+    assert pending(m) == 1
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=30)
+    assert message_ids(d, "Never") == ["nv"] and message_ids(d, "A") == []
+
+
+def test_a_journal_entry_that_cannot_be_sent_does_not_stop_the_others(rig, tmp_path):
+    """Entries an older imapfs may have recorded: a non-ASCII keyword (UnicodeEncodeError in
+    imaplib), an absurd INTERNALDATE, a record it cannot even read (KeyError), a Message-ID
+    with NUL on an APPEND that may have been sent. Each fails alone, counts its attempts and is
+    set aside; none holds back the entries after it."""
+    from imapfs.store import Store
+
+    d = rig.d
+    uid = d.append("INBOX", msg("victim", "flag me"))
+    c = d.client()
+    c.select("INBOX")
+    uidv = int(c.response("UIDVALIDITY")[1][0])
+    c.logout()
+    cache = tmp_path / "jc"
+    nul = b"Message-ID: <nul\x00id@test>\r\nSubject: nul\r\n\r\nnul in its id\r\n"
+    with Store(str(cache), 1 << 30) as s:
+        s.journal_add("flags", {"folder": b"INBOX", "uidvalidity": uidv, "uid": uid, "flags": ["caf\u00e9"]})
+        s.journal_add("append", {"folder": b"INBOX", "flags": [], "date": 10 ** 20, "replaces": None,
+                                 "name": "absurd.eml"}, msg("absurd", "absurd date"))
+        s.journal_add("move", {"src": b"INBOX", "uidvalidity": uidv, "uid": uid})  # no "dest"
+        s.journal_started(s.journal_add("append", {"folder": b"INBOX", "flags": [], "date": None,
+                                                    "replaces": None, "name": "nul.eml"}, nul))
+        s.journal_add("append", {"folder": b"INBOX", "flags": ["$Fine"], "date": None, "replaces": None,
+                                 "name": "fine.eml"}, msg("fine", "after the bad ones"))
+    m = rig.mount(f"cache_dir={cache}", allowed=[
+        r"ERROR imapfs\.offline: offline change #1 \(flags\) failed: not a valid IMAP flag .*; will retry$",
+        r"ERROR imapfs\.offline: offline change #1 \(flags\) gave up after 5 attempts: not a valid IMAP flag",
+        r"ERROR imapfs\.offline: offline change #2 \(append\) failed: INTERNALDATE out of range",
+        r"ERROR imapfs\.offline: offline change #2: it could not be sent 3 times \(INTERNALDATE out of range",
+        r"ERROR imapfs\.offline: offline change #3 \(move\) failed: KeyError: 'dest'; will retry$",
+        r"ERROR imapfs\.offline: offline change #3 \(move\) gave up after 5 attempts: KeyError: 'dest'$",
+    ])
+
+    def subjects() -> list[bytes]:  # (Dovecot stores the NUL as 0x80)
+        return sorted(re.search(rb"Subject: ([^\r]*)", b).group(1) for b in d.fetch_all("INBOX").values())
+
+    expected = [b"after the bad ones", b"flag me", b"nul"]  # the later entries went through at once
+    eventually(lambda: subjects() == expected, timeout=20)
+    eventually(lambda: pending(m) == 0, timeout=60)
+    assert subjects() == expected
+    assert d.flags("INBOX")[uid] == set()  # the bad keyword never reached the server
+    saved = list((rig.cache / "imapfs" / "unsent").glob("unsent-2-*.eml"))
+    s = state(m)
+    assert "#1 flags" in s and "#2 append" in s and "#3 move" in s
+    log = m.log()  # the good ones did not wait for the bad ones to be given up
+    assert log.index("offline change #5 (append): stored") < log.index("offline change #1 (flags) gave up")
+    assert [q.read_bytes() for q in saved] == [msg("absurd", "absurd date")]  # set aside, never dropped
+
+
+def test_a_write_made_while_the_journal_records_a_file_is_recorded_too():
+    """Issue 10 item 3, offline: Journal.append must not mark a file clean when it was
+    written to while its record was being written (in-process: the record waits on a gate)."""
+    import trio
+
+    from imapfs.offline import Journal
+    from imapfs.tree import Tree
+
+    class Pool:
+        capabilities: frozenset = frozenset()
+        last_error = None
+
+        def available(self) -> bool:
+            return False  # offline: commits go to the journal
+
+    class Entry:
+        def __init__(self, seq: int) -> None:
+            self.seq = seq
+
+    class Store:
+        def __init__(self) -> None:
+            self.blobs: dict[int, bytes] = {}
+            self.skipped: list[int] = []
+
+        def journal_add(self, op, args, blob=None):
+            seq = len(self.blobs) + 1
+            self.blobs[seq] = blob
+            return seq
+
+        def journal_pending(self):
+            return [Entry(s) for s in self.blobs if s not in self.skipped]
+
+        def journal_skip(self, seq, why):
+            self.skipped.append(seq)
+
+    class Disk:
+        def __init__(self) -> None:
+            self.store = Store()
+            self.recording = trio.Event()
+            self.gate = trio.Event()
+
+        async def call(self, fn, *args):
+            if fn.__name__ == "journal_add":
+                self.recording.set()
+                await self.gate.wait()
+            return fn(*args)
+
+    async def main() -> None:
+        tree = Tree(Pool())
+        disk = Disk()
+        Journal(tree, disk)
+        folder = tree._ensure_path(("A",))
+        folder.raw, folder.selectable = b"A", True
+        p = tree.create_file(folder, "x.eml")
+        await tree.write_pending(p, 0, b"v1")
+        async with trio.open_nursery() as n:
+            n.start_soon(tree.commit, p)
+            await disk.recording.wait()  # the record of v1 is being written
+            await tree.write_pending(p, 2, b"v2")
+            disk.gate.set()
+        assert p.dirty and p in tree._pendings  # v2 is still owed
+        await tree.commit(p)
+        assert disk.store.blobs == {1: b"v1", 2: b"v1v2"}
+        assert disk.store.skipped == [1]  # superseded by the record of the last version
+        assert not p.dirty and p not in tree._pendings
+
+    trio.run(main)

@@ -5,6 +5,8 @@
         p.cut()                                # drop every connection now
         cut = p.cut_when(b"UID MOVE")          # drop when the client sends it
         p.cut_when_server(b"[APPENDUID")       # server did it, client never hears
+        held = p.hold_when(b"APPEND")          # the command waits in the proxy ...
+        p.release()                            # ... until the test lets it go on
         assert cut.fired == 1                  # the cut really happened
         p.rewrite_server = lambda b: b.replace(b" STARTTLS", b"")   # MITM
         p.bytes_server_to_client               # e.g. assert < 20 MB
@@ -53,6 +55,8 @@ class ProxyConnection:
         self._line_buf = b""             # rewrite_server: incomplete last line
         self._eofs = 0
         self._running = 4                # threads; the last one closes the sockets
+        self.gate = threading.Event()    # cleared by a hold_when: client data waits
+        self.gate.set()
         self.c2s = _Direction(client, upstream, "c2s")
         self.s2c = _Direction(upstream, client, "s2c")
         self.threads = []
@@ -145,6 +149,10 @@ class ProxyConnection:
             self.c2s.q.put((due, data))
             return True
         trig, pos = hit
+        if trig.hold:  # this chunk and what follows wait until Proxy.release()
+            self.gate.clear()
+            self.c2s.q.put((due, data))
+            return True
         if trig.forward:
             self.c2s.q.put((due, data))
             self._close_client_hold_upstream(trig.grace)
@@ -221,6 +229,9 @@ class ProxyConnection:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            while d is self.c2s and not self.gate.wait(0.05):
+                if self.closed.is_set():
+                    return
             if self.closed.is_set():
                 return
             try:
@@ -242,6 +253,7 @@ class _Trigger:
         if not (isinstance(trigger, (bytes, bytearray)) or callable(trigger)):
             raise TypeError("trigger must be bytes or a callable on bytes")
         self.trigger, self.forward, self.once, self.grace = trigger, forward, once, grace
+        self.hold = False  # hold_when: delay the data instead of dropping the connection
         self.fired = 0
 
     def __repr__(self) -> str:
@@ -323,6 +335,7 @@ class Proxy:
     def stop(self) -> None:
         """Stop accepting and drop every connection; idempotent."""
         self._stop.set()
+        self.release()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         _kill(self._listener)
@@ -425,6 +438,27 @@ class Proxy:
         with self._lock:
             self._server_triggers.append(t)
         return t
+
+    def hold_when(self, trigger: Trigger, once: bool = True) -> _Trigger:
+        """Hold a connection's client data from the chunk holding ``trigger`` on.
+
+        The server sees nothing of it (nor anything the client sends after)
+        until :meth:`release`; the connection stays open. For a command that
+        must be in flight at a known moment, e.g. ``b"APPEND"``: the client
+        waits for the server's continuation. Returns the trigger (``fired``).
+        """
+        t = _Trigger(trigger, False, once, 0.0)
+        t.hold = True
+        with self._lock:
+            self._client_triggers.append(t)
+        return t
+
+    def release(self) -> None:
+        """Let every held connection's data go on to the server, in order."""
+        with self._lock:
+            conns = list(self.connections)
+        for c in conns:
+            c.gate.set()
 
     def clear_triggers(self) -> None:
         with self._lock:
