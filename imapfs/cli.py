@@ -14,21 +14,84 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-USAGE = """\
-usage: imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
+# Flags: (syntax, what it does). The help text, docs/usage.md and docs/imapfs.1 list the
+# same flags and options (tests/test_cli.py::test_option_lists_agree).
+FLAGS: list[tuple[str, str]] = [
+    ("-f", "stay in the foreground and log to stderr; Ctrl-C, SIGTERM or SIGHUP unmount"),
+    ("-d", "debug logging; implies -f (as in libfuse and sshfs)"),
+    ("-o OPT[,OPT...]", "mount options, below (-oOPT works too)"),
+    ("-V, --version", "print the versions of imapfs, Python, pyfuse3 and libfuse"),
+    ("-h, --help", "print this help"),
+    ("-s, -n, -v", "accepted and ignored (mount helpers pass them)"),
+]
+# Options: (syntax, default, what it does).
+OPTIONS: list[tuple[str, str, str]] = [
+    ("tls=on|off", "on", "off: plaintext, allowed only with imap://"),
+    ("cafile=PATH", "none", "also trust this CA (PEM), on top of the system store"),
+    ("auth=MECH", "auto", "auto, plain, login, xoauth2 or oauthbearer (OAuth2 token)"),
+    ("password_command=CMD", "none", "run CMD with /bin/sh: its first line is the password or token"),
+    ("password_file=PATH", "none", "its first line is the password or token (not for others' eyes)"),
+    ("ro", "off", "read-only mount"),
+    ("noparts", "off", "hide the NAME.parts/ directories"),
+    ("trash=FOLDER|auto", "none", "rm moves the message to this folder (auto: SPECIAL-USE \\Trash)"),
+    ("poll=SECONDS", "60", "how often folders not in use are checked for changes"),
+    ("timeout=SECONDS", "30", "network timeout"),
+    ("connections=N", "4", "IMAP connections open at most"),
+    ("mem_cache=SIZE", "64M", "message bytes kept in memory (memory_cache= is an alias)"),
+    ("max_message=SIZE", "256M", "largest file that can be written into the mount"),
+    ("cache_dir=PATH|none", "$XDG_CACHE_HOME/imapfs/USER@HOST:PORT", "disk cache and offline journal"),
+    ("cache_size=SIZE", "2G", "message bytes kept on disk"),
+    ("keep=FOLDER[:FOLDER...]", "none", "folders kept complete on disk for offline use"),
+    ("offline", "off", "never connect; serve the disk cache, journal changes"),
+    ("backoff_max=SECONDS", "30", "longest wait between reconnection attempts"),
+    ("logfile=PATH", "syslog; stderr with -f", "append the log to this file"),
+    ("uid=N", "your uid", "owner of every file and folder"),
+    ("gid=N", "your gid", "group of every file and folder"),
+    ("umask=MODE", "077", "messages get 0666 & ~MODE, folders 0777 & ~MODE"),
+    ("file_mode=MODE", "0600", "mode of messages (wins over umask)"),
+    ("dir_mode=MODE", "0700", "mode of folders (wins over umask)"),
+    ("allow_other", "off", "let other users in (with user_allow_other in /etc/fuse.conf)"),
+    ("allow_root", "off", "let root in"),
+    ("auto_unmount", "off", "unmount when the daemon dies, however it dies"),
+    ("reconnect", "always on", "accepted, as sshfs's: imapfs always reconnects"),
+    ("default_permissions", "always on", "accepted: the kernel always checks the modes"),
+    ("debug", "off", "same as -d"),
+    ("foreground", "off", "same as -f"),
+    ("fsname=NAME", "SOURCE", "source column of the mount table"),
+    ("subtype=TYPE", "imapfs", "type column of the mount table (fuse.TYPE)"),
+]
 
-  SOURCE       imaps://user@host[:port]/  (TLS, port 993)
-               imap://user@host[:port]/   (STARTTLS required, port 143)
-  -f           stay in the foreground, log to stderr
-  -d           debug logging (implies nothing else)
-  -o OPT       see `man`-style list in docs/usage.md; common ones:
-               password_file=PATH, password_command=CMD, cafile=PATH,
-               tls=off, ro, noparts, trash=FOLDER|auto, poll=SECONDS, mem_cache=SIZE,
-               cache_dir=PATH|none, cache_size=SIZE, keep=FOLDER[:FOLDER...], offline,
-               connections=N, timeout=SECONDS, logfile=PATH, allow_other
-The password is read from IMAPFS_PASSWORD, password_file or password_command,
-never from the command line.
+
+def _help() -> str:
+    flags = "".join(f"  {syntax:<18} {what}\n" for syntax, what in FLAGS)
+    opts = "".join(f"  {syntax:<24} {default:<10} {what}\n" if len(default) <= 10 else
+                   f"  {syntax:<24} {'(below)':<10} {what}\n  {'':<24} {'':<10} default: {default}\n"
+                   for syntax, default, what in OPTIONS)
+    return f"""\
+usage: imapfs SOURCE MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
+       imapfs prefetch PATH...
+       imapfs -V | --version
+
+SOURCE:
+  imaps://USER@HOST[:PORT]/  TLS from the first byte (port 993)
+  imap://USER@HOST[:PORT]/   STARTTLS, required unless -o tls=off (port 143)
+
+Flags:
+{flags}
+Options (-o):
+  {'OPTION':<24} {'DEFAULT':<10} MEANING
+{opts}
+The options mount(8), fstab and mount.fuse3 add (rw, nosuid, nodev, noexec, _netdev,
+noauto, user, x-systemd.*, ...) are accepted and ignored.
+
+The password or OAuth2 token comes from password_command, password_file,
+$IMAPFS_PASSWORD or a prompt on a terminal, never from the command line.
+Exit status: 0 mounted, 2 wrong command line, 32 the mount failed.
+Manual: man imapfs (docs/imapfs.1), docs/usage.md.
 """
+
+
+USAGE = _help()
 
 # Options mount(8), fstab and mount.fuse3 may hand us; they mean nothing to us
 # beyond what the kernel or the helper already did with them.
@@ -44,6 +107,7 @@ _IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", 
 _FLAG_OPTS: dict[str, str | None] = {
     "ro": "read_only", "noparts": "noparts", "allow_other": "allow_other", "allow_root": "allow_root",
     "debug": "debug", "foreground": "foreground", "offline": "offline", "default_permissions": None,
+    "auto_unmount": "auto_unmount", "reconnect": None,
 }
 # -o auth=: how to log in (session.Connection._mechanism); xoauth2/oauthbearer take a token.
 AUTH_MECHANISMS = ("auto", "plain", "login", "xoauth2", "oauthbearer")
@@ -81,15 +145,32 @@ class Config:
     cache_size: int = 2 << 30
     keep: list[str] = field(default_factory=list)
     offline: bool = False
+    auto_unmount: bool = False
+    uid: int | None = None  # None: the mounting user's
+    gid: int | None = None
+    umask: int = 0o077  # private unless asked otherwise (issue 13)
+    file_mode: int | None = None  # None: 0666 & ~umask
+    dir_mode: int | None = None  # None: 0777 & ~umask
     fuse_options: set[str] = field(default_factory=set)
 
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
+    @property
+    def modes(self) -> tuple[int, int]:
+        """(message mode, folder mode): file_mode/dir_mode, else 0666/0777 less the umask."""
+        f = self.file_mode if self.file_mode is not None else 0o666 & ~self.umask
+        d = self.dir_mode if self.dir_mode is not None else 0o777 & ~self.umask
+        return f, d
+
 
 class HelpRequested(Exception):
     """-h/--help: print USAGE and exit 0."""
+
+
+class VersionRequested(Exception):
+    """-V/--version: print the versions and exit 0."""
 
 
 def parse_size(text: str) -> int:
@@ -108,6 +189,21 @@ def _number(name: str, value: str, lo: float, hi: float) -> float:
     if not lo <= v <= hi:
         raise ConfigError(f"option {name}={value} is out of range ({lo:g} to {hi:g})")
     return v
+
+
+def _mode(name: str, value: str) -> int:
+    """An octal mode (``022``, ``0022``, ``0o22``) from 0 to 0777."""
+    v = value.strip().lower().removeprefix("0o")
+    if not v or any(c not in "01234567" for c in v) or int(v, 8) > 0o777:
+        raise ConfigError(f"option {name} needs an octal mode from 0 to 0777, not {value!r}")
+    return int(v, 8)
+
+
+def _id(name: str, value: str) -> int:
+    """A numeric user or group id."""
+    if not value.strip().isdigit() or int(value) > 0xFFFFFFFE:
+        raise ConfigError(f"option {name} needs a numeric id, not {value!r} (see: id -u NAME)")
+    return int(value)
 
 
 def _redact(source: str) -> str:
@@ -199,6 +295,10 @@ def _apply_option(cfg: Config, opt: str) -> None:
         cfg.trash = value
     elif name == "backoff_max":
         cfg.backoff_max = _number(name, value, 1, 3600)
+    elif name in ("uid", "gid"):
+        setattr(cfg, name, _id(name, value))
+    elif name in ("umask", "file_mode", "dir_mode"):
+        setattr(cfg, name, _mode(name, value))
     elif name in ("fsname", "subtype"):
         cfg.fuse_options.add(f"{name}={value}")
     else:
@@ -214,6 +314,8 @@ def parse_args(argv: list[str]) -> Config:
     for arg in it:
         if arg in ("-h", "--help"):
             raise HelpRequested()
+        if arg in ("-V", "--version"):
+            raise VersionRequested()
         if arg == "-f":
             foreground = True
         elif arg == "-d":
@@ -250,6 +352,8 @@ def parse_args(argv: list[str]) -> Config:
         raise ConfigError("tls=off contradicts imaps://; use imap://USER@HOST/ -o tls=off for plaintext")
     if cfg.password_file and cfg.password_command:
         raise ConfigError("give password_file= or password_command=, not both")
+    if cfg.debug:  # -d and -o debug imply -f, as in libfuse and sshfs
+        cfg.foreground = True
     return cfg
 
 

@@ -144,13 +144,18 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, tree: Tree, parts: Parts | None = None, *, uid: int | None = None,
-                 gid: int | None = None, read_only: bool = True) -> None:
+                 gid: int | None = None, read_only: bool = True, file_mode: int = 0o600,
+                 dir_mode: int = 0o700) -> None:
         super().__init__()
         self.tree = tree
         self.parts = parts  # None: -o noparts
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.read_only = read_only
+        # -o file_mode=/dir_mode=/umask= (private by default: with allow_other, only the
+        # owner reads the mail). Read-only views (.parts, -o ro) drop the write bits.
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self._dirs: dict[int, list[tuple[int, str, Any]]] = {}
         self._next_fh = 1
 
@@ -168,7 +173,7 @@ class Operations(pyfuse3.Operations):
                 c = self._attrs(node.committed)
                 c.st_ino = node.inode
                 return c
-            a.st_mode = stat.S_IFREG | 0o644
+            a.st_mode = stat.S_IFREG | self.file_mode
             a.st_nlink = 1
             a.st_size = node.size
             a.st_blocks = (node.size + 511) // 512
@@ -176,7 +181,7 @@ class Operations(pyfuse3.Operations):
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
             a.entry_timeout = a.attr_timeout = 0.0
         elif isinstance(node, PartFile):
-            a.st_mode = stat.S_IFREG | 0o444
+            a.st_mode = stat.S_IFREG | (self.file_mode & ~0o222)
             a.st_nlink = 1
             size = node.size
             if size is None:
@@ -191,14 +196,14 @@ class Operations(pyfuse3.Operations):
             ns = node.msg.date * 1_000_000_000
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         elif isinstance(node, (PartsDir, _PartsRef)):
-            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_mode = stat.S_IFDIR | (self.dir_mode & ~0o222)
             a.st_nlink = 1
             a.st_size = 0
             ns = node.msg.date * 1_000_000_000
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
             a.entry_timeout = a.attr_timeout = MESSAGE_TIMEOUT
         elif isinstance(node, Msg):
-            a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
+            a.st_mode = stat.S_IFREG | (self.file_mode & ~0o222 if self.read_only else self.file_mode)
             a.st_nlink = 1
             a.st_size = node.size
             a.st_blocks = (node.size + 511) // 512
@@ -206,7 +211,7 @@ class Operations(pyfuse3.Operations):
             a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
             a.entry_timeout = a.attr_timeout = MESSAGE_TIMEOUT
         else:
-            a.st_mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
+            a.st_mode = stat.S_IFDIR | (self.dir_mode & ~0o222 if self.read_only else self.dir_mode)
             a.st_nlink = 1  # unknown: tells find(1) not to count subdirectories
             a.st_size = 0
             ns = int(self.tree.mount_time * 1_000_000_000)

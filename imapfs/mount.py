@@ -92,6 +92,47 @@ def scrub_environ(name: str) -> None:
     os.environ.pop(name, None)
 
 
+def versions() -> str:
+    """``-V``: imapfs, Python, pyfuse3 and the libfuse that pyfuse3 runs on."""
+    import importlib.metadata
+    import platform
+
+    try:
+        own = importlib.metadata.version("imapfs")
+    except importlib.metadata.PackageNotFoundError:
+        own = "unknown (not installed)"
+    return (f"imapfs {own}\nPython {platform.python_version()}\n"
+            f"pyfuse3 {getattr(pyfuse3, '__version__', 'unknown')}\nlibfuse {libfuse_version()}\n")
+
+
+def libfuse_version() -> str:
+    """The loaded libfuse3's own version (fuse_pkgversion); else what fusermount3 -V says."""
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libfuse3.so.3")  # the copy pyfuse3 already loaded
+        lib.fuse_pkgversion.restype = ctypes.c_char_p
+        return lib.fuse_pkgversion().decode("ascii", "replace")
+    except (OSError, AttributeError):
+        pass
+    try:
+        out = subprocess.run(["fusermount3", "-V"], capture_output=True, text=True, timeout=10).stdout
+        return out.strip().rsplit(" ", 1)[-1] + " (fusermount3)" if out.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def absolute_paths(cfg: cli.Config) -> None:
+    """Make every path option absolute, so they mean the same after the daemon's chdir("/")."""
+    cfg.mountpoint = os.path.abspath(cfg.mountpoint)
+    for name in ("logfile", "cafile", "password_file"):
+        value = getattr(cfg, name)
+        if value:
+            setattr(cfg, name, os.path.abspath(value))
+    if cfg.cache_dir and cfg.cache_dir != "none":
+        cfg.cache_dir = os.path.abspath(cfg.cache_dir)
+
+
 def check_mountpoint(path: str) -> None:
     if not os.path.exists(path):
         raise ConfigError(f"mountpoint {path} does not exist")
@@ -123,6 +164,8 @@ def fuse_options(cfg: cli.Config) -> set[str]:
         opts.add("allow_other")
     if cfg.allow_root:
         opts.add("allow_root")
+    if cfg.auto_unmount:
+        opts.add("auto_unmount")  # libfuse then mounts through fusermount3, which unmounts when we die
     opts |= {o for o in cfg.fuse_options}
     return opts
 
@@ -201,17 +244,47 @@ def default_logfile() -> str:
     return os.path.join(base, "imapfs", "imapfs.log")
 
 
+class _JournalFormatter(logging.Formatter):
+    """For stderr that is the systemd journal: no timestamp (journald adds its own) and the
+    ``<N>`` syslog priority prefix journald turns into the entry's priority (sd-daemon(3))."""
+
+    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self._PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """Is fd 2 the journal stream systemd gave us ($JOURNAL_STREAM is its ``dev:inode``)?"""
+    env = os.environ if environ is None else environ
+    try:
+        dev, ino = (int(x) for x in env.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
+    """Log to -o logfile=, stderr (-f), syslog, or the default file; see docs/usage.md "Logging".
+
+    Files are opened with WatchedFileHandler, which reopens the file when
+    logrotate has moved it away.
+    """
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler: logging.Handler
     if cfg.logfile:
-        handler = logging.FileHandler(cfg.logfile)
+        handler = logging.handlers.WatchedFileHandler(cfg.logfile)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     elif to_stderr:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(_JournalFormatter() if stderr_is_journal() else logging.Formatter(LOG_FORMAT))
     elif os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("imapfs[%(process)d]: %(levelname)s %(name)s: %(message)s"))
@@ -220,7 +293,7 @@ def setup_logging(cfg: cli.Config, to_stderr: bool) -> None:
         path = default_logfile()
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            handler = logging.FileHandler(path)
+            handler = logging.handlers.WatchedFileHandler(path)
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
         except OSError:
             handler = logging.NullHandler()
@@ -282,7 +355,9 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
             await journal.restore()
         keeper = Keeper(tree, cfg.keep, cfg.poll, kept) if cfg.keep and disk is not None else None
         parts = None if cfg.noparts else Parts(tree)
-        ops = Operations(tree, parts, read_only=cfg.read_only)
+        file_mode, dir_mode = cfg.modes
+        ops = Operations(tree, parts, read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid,
+                         file_mode=file_mode, dir_mode=dir_mode)
         try:
             pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
@@ -290,10 +365,10 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
         notifier.active = True
         try:
             log.info("mounted %s on %s%s", cfg.label, cfg.mountpoint, "" if pool.online else " (offline)")
-            ready()
             async with trio.open_nursery() as nursery:
                 tree.nursery = nursery
                 nursery.start_soon(_watch_signals)
+                nursery.start_soon(_announce_ready, cfg.mountpoint, ready, cfg.timeout)
                 nursery.start_soon(tree.uploader)
                 nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
                 if disk is not None:
@@ -317,6 +392,21 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
     finally:
         with trio.CancelScope(shield=True):
             await pool.close()
+
+
+async def _announce_ready(mountpoint: str, ready: Callable[[], None], timeout: float) -> None:
+    """Call *ready* once the mount answers: a stat of its root, from a worker thread, has
+    been served by pyfuse3.main() (running beside this task). So the background command's
+    exit 0 and systemd's READY=1 both mean "usable now", not "about to be". After *timeout*
+    seconds without an answer, ready is reported anyway (the kernel has the mount)."""
+    with trio.move_on_after(timeout) as scope:
+        try:
+            await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+        except OSError as e:
+            log.warning("the new mount did not answer a stat of %s: %s", mountpoint, e)
+    if scope.cancelled_caught:
+        log.warning("the new mount did not answer a stat of %s within %.0f s", mountpoint, timeout)
+    ready()
 
 
 async def _watch_signals() -> None:
@@ -343,9 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     except cli.HelpRequested:
         print(cli.USAGE, end="")
         return 0
+    except cli.VersionRequested:
+        print(versions(), end="")
+        return 0
     except ConfigError as e:
         print(f"imapfs: {e}", file=sys.stderr)
         return EXIT_USAGE
+    absolute_paths(cfg)
     try:
         check_mountpoint(cfg.mountpoint)
         credential = get_credential(cfg)
@@ -403,6 +497,7 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
     # child
     os.close(r)
     os.setsid()
+    os.chdir("/")  # do not keep the start directory busy (paths were made absolute in main)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -1,9 +1,12 @@
 """Command line parsing: SOURCE URLs, flags, -o options, sizes (no I/O)."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from imapfs.cli import USAGE, Config, HelpRequested, parse_args, parse_size, parse_source
+from imapfs.cli import USAGE, Config, HelpRequested, VersionRequested, parse_args, parse_size, parse_source
 from imapfs.errors import ConfigError
 
 SRC = "imaps://alice@mail.example.org/"
@@ -134,11 +137,11 @@ def test_imap_defaults_to_starttls():
 @pytest.mark.parametrize("argv, fg, dbg", [
     ([SRC, MNT], False, False),
     ([SRC, MNT, "-f"], True, False),
-    ([SRC, MNT, "-d"], False, True),
+    ([SRC, MNT, "-d"], True, True),  # -d implies -f, as in libfuse and sshfs
     (["-f", "-d", SRC, MNT], True, True),
     ([SRC, "-f", MNT, "-d"], True, True),
     ([SRC, MNT, "-o", "foreground"], True, False),
-    ([SRC, MNT, "-o", "debug"], False, True),
+    ([SRC, MNT, "-o", "debug"], True, True),
     ([SRC, MNT, "-s", "-n", "-v"], False, False),  # mount helper flags, ignored
 ], ids=range(8))
 def test_flags(argv, fg, dbg):
@@ -157,6 +160,12 @@ def test_flags(argv, fg, dbg):
 ], ids=range(6))
 def test_help(argv):
     with pytest.raises(HelpRequested):
+        parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["-V"], ["--version"], [SRC, MNT, "-V"], ["-V", "-o", "bogus"]], ids=range(4))
+def test_version(argv):
+    with pytest.raises(VersionRequested):
         parse_args(argv)
 
 
@@ -287,6 +296,14 @@ def test_tls_bad_value(value):
     ("allow_root", "allow_root", True),
     ("debug", "debug", True),
     ("foreground", "foreground", True),
+    ("auto_unmount", "auto_unmount", True),
+    ("uid=1000", "uid", 1000),
+    ("gid=0", "gid", 0),
+    ("umask=022", "umask", 0o022),
+    ("umask=0", "umask", 0),
+    ("umask=0o27", "umask", 0o027),
+    ("file_mode=0644", "file_mode", 0o644),
+    ("dir_mode=755", "dir_mode", 0o755),
     ("auth=xoauth2", "auth", "xoauth2"),
     ("auth=OAUTHBEARER", "auth", "oauthbearer"),
     ("auth=plain", "auth", "plain"),
@@ -303,7 +320,7 @@ def test_connections_is_an_int():
     assert type(args("-o", "connections=4").connections) is int
 
 
-@pytest.mark.parametrize("opt", ["default_permissions"])
+@pytest.mark.parametrize("opt", ["default_permissions", "reconnect"])
 def test_accepted_flag_without_effect(opt):
     assert args("-o", opt) == args()
 
@@ -331,6 +348,13 @@ def test_accepted_flag_without_effect(opt):
     ("mem_cache=1.5G", "bad size"),
     ("mem_cache=1T", "bad size"),
     ("auth=cram-md5", "auth= takes auto, plain, login, xoauth2, oauthbearer"),
+    ("uid=alice", "numeric id"),
+    ("uid=-1", "numeric id"),
+    ("gid=", "numeric id"),
+    ("umask=8", "octal mode"),
+    ("umask=1777", "octal mode"),
+    ("file_mode=rw", "octal mode"),
+    ("dir_mode=", "octal mode"),
     ("auth=", "auth= takes"),
     ("max_message=big", "bad size"),
     ("max_message=512", "too small"),
@@ -448,3 +472,98 @@ def test_parse_size_refuses(text):
     with pytest.raises(ConfigError) as ei:
         parse_size(text)
     assert "bad size" in str(ei.value)
+
+
+# ------------------------------------------------------------ ownership and modes
+
+@pytest.mark.parametrize("opts, modes", [
+    ([], (0o600, 0o700)),  # private by default (issue 13)
+    (["-o", "umask=022"], (0o644, 0o755)),
+    (["-o", "umask=027"], (0o640, 0o750)),
+    (["-o", "umask=0"], (0o666, 0o777)),
+    (["-o", "file_mode=0640"], (0o640, 0o700)),
+    (["-o", "file_mode=0444,dir_mode=0555,umask=0"], (0o444, 0o555)),  # explicit modes win over umask
+    (["-o", "umask=0,dir_mode=0750"], (0o666, 0o750)),
+], ids=range(7))
+def test_modes(opts, modes):
+    assert args(*opts).modes == modes
+
+
+def test_owner_defaults_to_the_mounting_user():
+    cfg = args()
+    assert (cfg.uid, cfg.gid) == (None, None)  # resolved to os.getuid()/getgid() by fs.Operations
+
+
+# ------------------------------------------------------------ help, usage.md and the man page agree
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _names(syntaxes: list[str]) -> set[str]:
+    """``tls=on|off`` → ``tls``; ``-V, --version`` → ``-V``, ``--version``."""
+    out = set()
+    for syn in syntaxes:
+        for part in re.split(r",\s+", syn):
+            part = part.strip().strip("`")
+            if part:
+                out.add(re.split(r"[= \[]", part, maxsplit=1)[0])
+    return out
+
+
+def _help_names() -> tuple[set[str], set[str]]:
+    flags, opts, section = [], [], None
+    for line in USAGE.splitlines():
+        if line.startswith(("Flags:", "Options (-o):")):
+            section = line
+            continue
+        if not line.startswith("  ") or not section:
+            section = None if not line.strip() else section
+            continue
+        m = re.match(r"  (\S.*?)(?:\s{2,}|$)", line)
+        if m and m.group(1) != "OPTION":
+            (flags if section.startswith("Flags") else opts).append(m.group(1))
+    return _names(flags), _names(opts)
+
+
+def _usage_md_names() -> tuple[set[str], set[str]]:
+    text = (DOCS / "usage.md").read_text()
+
+    def first_cells(heading: str) -> list[str]:
+        body = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        cells = [row.split("|")[1] for row in body.splitlines() if row.startswith("| `")]
+        return [tok for cell in cells for tok in re.findall(r"`([^`]+)`", cell)]
+
+    return _names(first_cells("\n## Flags\n")), _names(first_cells("\n## Options (`-o`)\n"))
+
+
+def _man_names() -> tuple[set[str], set[str]]:
+    text = (DOCS / "imapfs.1").read_text()
+
+    def tagged(section: str) -> list[str]:
+        body = text.split(f"\n.SH {section}\n", 1)[1].split("\n.SH ", 1)[0]
+        lines = body.splitlines()
+        tags = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == ".TP"]
+        return [re.sub(r"\\f[BIRP]|^\.(?:BI|BR|IR|B|I)\s+|\"", "", t).replace("\\-", "-") for t in tags]
+
+    return _names(tagged("OPTIONS")), _names(tagged("MOUNT OPTIONS"))
+
+
+def test_option_lists_agree():
+    """Every flag and option in --help is in docs/usage.md and docs/imapfs.1, and the other way round."""
+    help_flags, help_opts = _help_names()
+    md_flags, md_opts = _usage_md_names()
+    man_flags, man_opts = _man_names()
+    assert {"tls", "auth", "uid", "umask", "file_mode", "auto_unmount", "reconnect", "subtype"} <= help_opts
+    assert {"-f", "-d", "-V", "--version", "-o", "-h"} <= help_flags
+    assert md_opts - {"memory_cache"} == help_opts, "docs/usage.md vs --help"
+    assert man_opts - {"memory_cache"} == help_opts, "docs/imapfs.1 vs --help"
+    assert md_flags == help_flags, "docs/usage.md vs --help"
+    assert man_flags == help_flags, "docs/imapfs.1 vs --help"
+
+
+def test_help_gives_every_option_a_default():
+    rows = [line for line in USAGE.split("Options (-o):", 1)[1].split("\n\n", 1)[0].splitlines()
+            if re.match(r"  \S", line) and not line.split()[0] == "OPTION"]
+    assert len(rows) == len(_help_names()[1]) > 30
+    for row in rows:
+        assert re.match(r"  \S+\s+\S", row) and len(row.split()) >= 3, row

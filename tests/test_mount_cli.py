@@ -7,9 +7,14 @@ clear line on stderr, leave nothing mounted and never echo the password.
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import os
+import platform
 import re
+import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +22,15 @@ import pytest
 
 from tests.support import tlsca
 from tests.support.dovecot import Dovecot
-from tests.support.mount import Mount, assert_not_mounted, imapfs_command, is_mounted, mount_dovecot, run_imapfs
+from tests.support.mount import (
+    Mount,
+    _child_env,
+    assert_not_mounted,
+    imapfs_command,
+    is_mounted,
+    mount_dovecot,
+    run_imapfs,
+)
 from tests.support.proxy import Proxy
 
 SECRET = "Pa55word!"
@@ -40,7 +53,7 @@ def mp(tmp_path) -> Path:
 
 
 def _fails_cleanly(res: subprocess.CompletedProcess, mp: Path, pattern: str) -> None:
-    assert res.returncode != 0
+    assert res.returncode == 32, (res.returncode, res.stderr)  # mount(8)'s "mount failure"
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, res.stderr
     assert re.search(pattern, lines[0], re.I), lines[0]
@@ -263,3 +276,157 @@ def test_password_file_readable_by_others_is_refused(server, mp, tmp_path):
     assert res.returncode == 32
     _fails_cleanly(res, mp, rf"^imapfs: password_file {re.escape(str(pw))} is accessible by other users "
                             rf"\(mode 0644\); run: chmod o= {re.escape(str(pw))}$")
+
+
+# -- mount conventions (issue 13) ---------------------------------------------------
+
+def _modes(m: Mount) -> list[tuple[int, int, int]]:
+    """(mode, uid, gid) of the root, INBOX, a message, its .parts directory and a part."""
+    msg = _eml(m)[0]
+    parts = msg.with_name(msg.stem + ".parts")
+    part = sorted(parts.iterdir())[0]
+    out = []
+    for p in (m.mountpoint, m.path("INBOX"), msg, parts, part):
+        st = os.stat(p)
+        out.append((st.st_mode & 0o7777, st.st_uid, st.st_gid))
+    return out
+
+
+@pytest.mark.parametrize("opts, expected", [
+    ([], [0o700, 0o700, 0o600, 0o500, 0o400]),  # private by default
+    (["umask=022"], [0o755, 0o755, 0o644, 0o555, 0o444]),
+    (["uid=1234", "gid=5678", "umask=027"], [0o750, 0o750, 0o640, 0o550, 0o440]),
+    (["file_mode=0640", "dir_mode=0750", "ro"], [0o550, 0o550, 0o440, 0o550, 0o440]),
+], ids=["default", "umask", "owner", "modes-ro"])
+def test_ownership_and_modes(server, mp, opts, expected):
+    with mount_dovecot(server, mp, options=opts) as m:
+        got = _modes(m)
+    uid = next((int(o[4:]) for o in opts if o.startswith("uid=")), os.getuid())
+    gid = next((int(o[4:]) for o in opts if o.startswith("gid=")), os.getgid())
+    assert got == [(mode, uid, gid) for mode in expected]
+
+
+def test_other_users_cannot_read_the_mail_by_default(server):
+    """With allow_other, another local user still cannot read: the modes are private (0600/0700)."""
+    base = Path(tempfile.mkdtemp(prefix="imapfs-other-"))
+    base.chmod(0o755)
+    try:
+        for opts, readable in ((["allow_other"], False), (["allow_other", "umask=022"], True)):
+            mpath = base / "mnt"
+            mpath.mkdir(exist_ok=True)
+            with mount_dovecot(server, mpath, options=opts) as m:
+                msg = _eml(m)[0]
+                res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                      "cat", str(msg)], capture_output=True, timeout=30)
+                if readable:
+                    assert res.returncode == 0 and res.stdout == msg.read_bytes(), res.stderr
+                else:
+                    assert res.returncode != 0 and b"Permission denied" in res.stderr, res
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_version():
+    res = run_imapfs(["-V"])
+    assert res.returncode == 0 and res.stderr == ""
+    libfuse = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True).stdout.strip()
+    assert res.stdout.splitlines() == [
+        f"imapfs {importlib.metadata.version('imapfs')}", f"Python {platform.python_version()}",
+        f"pyfuse3 {importlib.metadata.version('pyfuse3')}", f"libfuse {libfuse}"]
+    assert run_imapfs(["--version"]).stdout == res.stdout
+
+
+def test_help_lists_every_option_with_its_default():
+    from imapfs.cli import OPTIONS
+
+    res = run_imapfs(["--help"])
+    assert res.returncode == 0
+    for syntax, default, _ in OPTIONS:
+        line = next(line for line in res.stdout.splitlines() if line.startswith(f"  {syntax} "))
+        assert default in line or f"default: {default}" in res.stdout, syntax
+
+
+def test_debug_implies_foreground(server, mp):
+    """-d without -f stays in the foreground (as libfuse and sshfs): the command itself serves."""
+    env = _child_env(server.password, None)
+    proc = subprocess.Popen([*imapfs_command(), server.url("imap"), str(mp), "-d", "-o", "tls=off"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not is_mounted(mp):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "not mounted within 15 s"
+            time.sleep(0.05)
+        assert len(list((mp / "INBOX").glob("*.eml"))) == 3
+        assert proc.poll() is None  # still running: it is the daemon
+        subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+        assert proc.wait(15) == 0
+        assert "DEBUG" in proc.stderr.read()  # the debug log went to stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert_not_mounted(mp)
+
+
+def test_daemon_leaves_its_start_directory(server, tmp_path):
+    """The background daemon chdir("/")s, so it does not keep the directory it was started in busy;
+    relative paths given on the command line still work."""
+    start = tmp_path / "start"
+    (start / "mnt").mkdir(parents=True)
+    (start / "pw").write_text(server.password + "\n")
+    (start / "pw").chmod(0o600)
+    res = subprocess.run([*imapfs_command(), server.url("imap"), "mnt", "-o", "tls=off,password_file=pw,logfile=log"],
+                         cwd=start, env=_child_env(None, None), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    mpath = start / "mnt"
+    try:
+        pids = subprocess.run(["pgrep", "-f", f"imapfs {server.url('imap')} mnt "], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1, pids
+        daemon = int(pids[0])
+        assert os.readlink(f"/proc/{daemon}/cwd") == "/"
+        assert len(list((mpath / "INBOX").glob("*.eml"))) == 3
+        assert "mounted" in (start / "log").read_text()
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mpath)], check=True)
+    _wait_gone(daemon)
+
+
+def test_auto_unmount_cleans_up_after_a_killed_daemon(server, mp):
+    m = mount_dovecot(server, mp, options=["auto_unmount"])
+    m.start()
+    try:
+        assert len(_eml(m)) == 3
+        os.kill(m.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while is_mounted(mp):
+            assert time.monotonic() < deadline, "still mounted 15 s after the daemon was killed"
+            time.sleep(0.05)
+    finally:
+        m.unmount(check=False)
+    assert m.returncode == -signal.SIGKILL
+
+
+def test_logfile_is_reopened_after_logrotate_moves_it(server, mp, tmp_path):
+    log = tmp_path / "imapfs.log"
+    with mount_dovecot(server, mp, options=[f"logfile={log}"]) as m:
+        assert len(_eml(m)) == 3
+        log.rename(tmp_path / "imapfs.log.1")  # what logrotate does (without copytruncate)
+    assert "mounted" in (tmp_path / "imapfs.log.1").read_text()
+    assert "unmounted" in log.read_text()  # written after the rotation: a new file
+
+
+def test_no_timestamps_when_stderr_is_the_journal(server, mp, tmp_path):
+    """Under systemd, stderr is the journal ($JOURNAL_STREAM=dev:inode): it stamps lines itself."""
+    out = tmp_path / "journal"
+    out.touch()
+    st = os.stat(out)
+    with mount_dovecot(server, mp, log_path=out, env_extra={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) as m:
+        assert len(_eml(m)) == 3
+    lines = [line for line in out.read_text().splitlines() if "imapfs.mount:" in line]
+    assert lines and all(re.match(r"<[67]>(INFO|DEBUG) imapfs\.mount: ", line) for line in lines), lines
+    with mount_dovecot(server, mp) as m:  # a plain stderr: timestamps as usual
+        assert len(_eml(m)) == 3
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO imapfs\.mount: mounted", m.log(), re.M)

@@ -214,7 +214,7 @@ class Mount:
         a = self.command + [self.source, str(self.mountpoint)]
         if self.foreground:
             a.append("-f")
-        if self.debug:
+        if self.debug and self.foreground:  # -d implies -f (issue 13), as in libfuse
             a.append("-d")
         if self.options:
             a += ["-o", ",".join(self.options)]
