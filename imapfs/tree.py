@@ -1638,6 +1638,9 @@ class Tree:
     async def flush_all(self) -> None:
         """At unmount: store every pending file; save what cannot be stored, never drop it."""
         for p in self._all_pending():
+            if p.too_large:
+                await self._set_aside_too_large(p)
+                continue
             for _ in range(3):  # a version that changed during its APPEND is stored next
                 if p.gone or not p.dirty:
                     break
