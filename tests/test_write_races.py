@@ -336,3 +336,40 @@ def test_setxattr_refuses_unsendable_values_and_changes_nothing(rig):
     assert sorted(map(sorted, flags.values())) == [["$Good"], ["\\Flagged"]]
     new = [q for q in rig.m.path(a).glob("*.eml") if q.name.startswith("2020-02-01_1000 ")]
     assert len(new) == 1
+
+
+def test_uploader_sets_aside_a_file_that_fails_with_anything(tmp_path):
+    """In-process: a commit that fails with something other than the server being away
+    (here a ValueError, as imaplib raises for a value it cannot send) counts; after
+    REFUSED_APPEND_TRIES the bytes are saved to unsent/, not retried forever."""
+    import trio
+
+    from imapfs.tree import REFUSED_APPEND_TRIES, Tree
+
+    class Pool:
+        capabilities = frozenset({"UIDPLUS"})
+        last_error = None
+        calls = 0
+
+        def available(self) -> bool:
+            return True
+
+        async def run(self, fn, folder=None, retry=True):
+            Pool.calls += 1
+            raise ValueError("cannot send this")
+
+    async def main() -> None:
+        tree = Tree(Pool(), unsent_dir=str(tmp_path / "unsent"))
+        folder = tree._ensure_path(("A",))
+        folder.raw, folder.selectable = b"A", True
+        p = tree.create_file(folder, "x.eml")
+        await tree.write_pending(p, 0, b"Subject: x\r\n\r\nbody\r\n")
+        for _ in range(REFUSED_APPEND_TRIES):
+            assert not p.gone
+            await tree._commit_logged(p)
+        assert p.gone and "x.eml" not in folder.pending
+        assert Pool.calls == REFUSED_APPEND_TRIES
+        (saved,) = (tmp_path / "unsent").glob("unsent-*.eml")
+        assert saved.read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
+
+    trio.run(main)
