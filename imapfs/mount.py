@@ -16,9 +16,10 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 
 import pyfuse3
 import trio
@@ -90,6 +91,40 @@ def scrub_environ(name: str) -> None:
     except (OSError, AttributeError, ValueError) as e:
         log.debug("could not scrub %s from the environment block: %s", name, e)
     os.environ.pop(name, None)
+
+
+class SystemdNotify:
+    """sd_notify(3) without libsystemd: one datagram per state change to $NOTIFY_SOCKET.
+
+    ``take_environ`` removes the variable (as sd_notify's unset_environment
+    does), so password_command and other children never see it. An address
+    starting with ``@`` is in the abstract namespace.
+    """
+
+    def __init__(self) -> None:
+        self.address: str | None = None
+
+    def take_environ(self, environ: MutableMapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        path = env.pop("NOTIFY_SOCKET", None)
+        if path and path[0] in "/@" and len(path) > 1:
+            self.address = "\0" + path[1:] if path[0] == "@" else path
+
+    def send(self, state: str) -> bool:
+        """Send *state* (``READY=1``, ``STOPPING=1``, ``STATUS=...``); False when not under systemd."""
+        if self.address is None:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(state.encode("utf-8", "replace"), self.address)
+        except OSError as e:
+            log.warning("cannot notify systemd (%s): %s", state.split("=", 1)[0], e)
+            return False
+        log.debug("told systemd %s", state.replace("\n", " "))
+        return True
+
+
+NOTIFY = SystemdNotify()  # set up by main() from $NOTIFY_SOCKET (Type=notify units)
 
 
 def versions() -> str:
@@ -379,6 +414,7 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
                 tree.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
+            NOTIFY.send("STOPPING=1")
             tree.nursery = None
             notifier.active = False
             pyfuse3.close(unmount=True)
@@ -440,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imapfs: {e}", file=sys.stderr)
         return EXIT_USAGE
     absolute_paths(cfg)
+    NOTIFY.take_environ()  # before password_command runs: it must not inherit NOTIFY_SOCKET
     try:
         check_mountpoint(cfg.mountpoint)
         credential = get_credential(cfg)
@@ -454,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.foreground:
         setup_logging(cfg, to_stderr=True)
         redact_logs(credential.secrets)
-        return _run(cfg, account, lambda: None,
+        return _run(cfg, account, lambda: NOTIFY.send(f"READY=1\nSTATUS=serving {cfg.label} on {cfg.mountpoint}"),
                     report=lambda msg: print(f"imapfs: {redact(msg, credential.secrets())}", file=sys.stderr))
     return _daemonize(cfg, account)
 
@@ -511,6 +548,9 @@ def _daemonize(cfg: cli.Config, account: Account) -> int:
         os.write(w, b"OK\n")
         os.close(w)
         reported = True
+        # A Type=notify unit should run imapfs with -f; without it, this process is not the
+        # one systemd started, and MAINPID= is heeded only with NotifyAccess=all.
+        NOTIFY.send(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {cfg.label} on {cfg.mountpoint}")
 
     def report(msg: str) -> None:
         msg = redact(msg, _secrets(account))
