@@ -211,7 +211,6 @@ def _mechanisms_used(sent: bytes) -> list[str]:
 def test_login_with_each_mechanism(server, auth, token_cmd, tmp_mountpoint, auth_opt, used):
     oauth = auth_opt in ("xoauth2", "oauthbearer")
     opts = ["tls=off", f"auth={auth_opt}"] + ([f"password_command={token_cmd}"] if oauth else [])
-    minted = len(auth.minted)
     with Proxy(server.host, server.port) as proxy:
         with Mount(f"imap://alice@127.0.0.1:{proxy.port}/", tmp_mountpoint, opts,
                    password=None if oauth else server.password) as m:
@@ -219,7 +218,7 @@ def test_login_with_each_mechanism(server, auth, token_cmd, tmp_mountpoint, auth
         sent = proxy.client_bytes()
     assert set(_mechanisms_used(sent)) == {used}
     if oauth:
-        new = auth.minted[minted:]  # the first connection's, and perhaps the push connection's
+        new = auth.tokens_of(token_cmd)  # the first connection's, and perhaps the push connection's
         assert (new[0], True) in auth.introspected
         assert not any((tok, False) in auth.introspected for tok in new)
         assert not any(tok.encode() in m.log().encode() for tok in new)
@@ -270,38 +269,33 @@ def test_expired_first_token_is_replaced_by_one_rerun(server, auth, tmp_mountpoi
 
 def test_mount_outlives_its_first_token_across_a_forced_reconnect(server, auth, tmp_mountpoint, tmp_path):
     """Tokens live 2 s here; the mount keeps working after they expire and Dovecot drops every connection."""
-    auth.ttl = 2
-    try:
-        cmd = auth.token_command(tmp_path / "get-token")
-        n0, k0 = len(auth.minted), len(auth.introspected)
-        with Mount(server.url("imap"), tmp_mountpoint,
-                   ["tls=off", "auth=xoauth2", f"password_command={cmd}", "backoff_max=1", "cache_dir=none"],
-                   allowed_errors=[r"unavailable", r"lost"]) as m:
-            assert _file(m, "one").read_bytes() == BODIES[0]
-            before = auth.minted[n0:]
-            assert before
-            deadline = time.monotonic() + 30  # generous: the tokens live 2 s
-            while any(auth.active(t) for t in before):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            kicked = subprocess.run(["doveadm", "-c", str(server.conf_path), "kick", "alice"],
-                                    capture_output=True, text=True, timeout=30)
-            assert kicked.returncode == 0, kicked.stderr
-            # Not cached anywhere (cache_dir=none, never read): needs a new connection and a new token.
-            assert _file(m, "three").read_bytes() == BODIES[2]
-            assert _file(m, "two").read_bytes() == BODIES[1]
-        after = auth.minted[n0 + len(before):]
-        assert after, "no new token was fetched for the new connection"
-        assert all((tok, True) in auth.introspected for tok in after)
-        # Every new connection asked for its own token: the expired one was never sent.
-        assert all(ok for _, ok in auth.introspected[k0:])
-    finally:
-        auth.ttl = 3600
+    cmd = auth.token_command(tmp_path / "get-token", ttl=2)
+    k0 = len(auth.introspected)
+    with Mount(server.url("imap"), tmp_mountpoint,
+               ["tls=off", "auth=xoauth2", f"password_command={cmd}", "backoff_max=1", "cache_dir=none"],
+               allowed_errors=[r"unavailable", r"lost"]) as m:
+        assert _file(m, "one").read_bytes() == BODIES[0]
+        before = auth.tokens_of(cmd)
+        assert before
+        deadline = time.monotonic() + 30  # generous: the tokens live 2 s
+        while any(auth.active(t) for t in before):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        kicked = subprocess.run(["doveadm", "-c", str(server.conf_path), "kick", "alice"],
+                                capture_output=True, text=True, timeout=30)
+        assert kicked.returncode == 0, kicked.stderr
+        # Not cached anywhere (cache_dir=none, never read): needs a new connection and a new token.
+        assert _file(m, "three").read_bytes() == BODIES[2]
+        assert _file(m, "two").read_bytes() == BODIES[1]
+    after = auth.tokens_of(cmd)[len(before):]
+    assert any((tok, True) in auth.introspected for tok in after), "no new token was used"
+    # Every new connection asked for its own token: an expired one was never sent.
+    mine = set(auth.tokens_of(cmd))
+    assert all(ok for tok, ok in auth.introspected[k0:] if tok in mine)
 
 
 def test_token_with_a_stated_lifetime_is_reused_across_a_reconnect(server, auth, tmp_mountpoint, tmp_path):
     cmd = auth.token_command(tmp_path / "get-token-json", json_output=True)  # expires_in: 3600
-    minted = len(auth.minted)
     with Mount(server.url("imap"), tmp_mountpoint,
                ["tls=off", "auth=xoauth2", f"password_command={cmd}", "cache_dir=none"],
                allowed_errors=[r"unavailable", r"lost"]) as m:
@@ -309,7 +303,7 @@ def test_token_with_a_stated_lifetime_is_reused_across_a_reconnect(server, auth,
         subprocess.run(["doveadm", "-c", str(server.conf_path), "kick", "alice"], check=True,
                        capture_output=True, timeout=30)
         assert _file(m, "three").read_bytes() == BODIES[2]
-    assert len(auth.minted) == minted + 1  # one token, stated to last an hour, served every connection
+    assert len(auth.tokens_of(cmd)) == 1  # one token, stated to last an hour, served every connection
 
 
 def test_oauth_strings_on_the_wire(server, auth, token_cmd, tmp_mountpoint):

@@ -41,6 +41,7 @@ class OAuthServer:
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expiry on time.time())
         self._lock = threading.Lock()
         self.minted: list[str] = []  # tokens handed out by POST /token, in order
+        self.minted_by: dict[str, list[str]] = {}  # the same, per ?tag= (one token_command each)
         self.introspected: list[tuple[str, bool]] = []  # (token, active) for every introspection
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -56,6 +57,11 @@ class OAuthServer:
     def revoke(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
+
+    def tokens_of(self, script: Path | str) -> list[str]:
+        """The tokens one token_command script got so far, in order."""
+        with self._lock:
+            return list(self.minted_by.get(str(script), []))
 
     def active(self, token: str) -> str | None:
         """The user a token belongs to while it is valid, else None."""
@@ -89,9 +95,13 @@ class OAuthServer:
                     server.introspected.append((tok, user is not None))
                     self._reply({"active": True, "username": user} if user else {"active": False})
                 elif path == "/token":
-                    tok = server.issue()
-                    server.minted.append(tok)
-                    self._reply({"access_token": tok, "token_type": "Bearer", "expires_in": int(server.ttl)})
+                    query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                    ttl = float(query["ttl"][0]) if "ttl" in query else server.ttl
+                    tok = server.issue(ttl)
+                    with server._lock:
+                        server.minted.append(tok)
+                        server.minted_by.setdefault(query.get("tag", [""])[0], []).append(tok)
+                    self._reply({"access_token": tok, "token_type": "Bearer", "expires_in": int(ttl)})
                 else:
                     self.send_error(404)
 
@@ -142,19 +152,22 @@ class OAuthServer:
                   f"  args = {path}\n}}\n")
         return {"auth_mechanisms": "plain login xoauth2 oauthbearer", "extra_config": passdb}
 
-    def token_command(self, path: Path | str, json_output: bool = False) -> str:
+    def token_command(self, path: Path | str, json_output: bool = False, ttl: float | None = None) -> str:
         """Write an executable script that asks POST /token for a new token and prints it.
 
         *json_output*: print the token endpoint's JSON answer (with ``expires_in``)
-        instead of the bare access token. Returns the script's path (a
-        ``password_command=`` value without commas).
+        instead of the bare access token. *ttl*: the tokens' lifetime (default:
+        the server's). The tokens it gets are listed in ``minted_by[str(path)]``,
+        apart from other scripts' (a daemon that is going away may still run one).
+        Returns the script's path (a ``password_command=`` value without commas).
         """
         script = Path(path)
+        query = urllib.parse.urlencode({"tag": str(script), **({"ttl": ttl} if ttl is not None else {})})
         pick = "print(json.dumps(r))" if json_output else "print(r['access_token'])"
         script.write_text(
             f"#!{sys.executable}\n"
             "import json, urllib.request\n"
-            f"r = json.load(urllib.request.urlopen({self.url + '/token'!r}, b''))\n"
+            f"r = json.load(urllib.request.urlopen({self.url + '/token?' + query!r}, b''))\n"
             f"{pick}\n")
         os.chmod(script, 0o755)
         return str(script)
