@@ -415,6 +415,30 @@ def test_proxy_stops_itself(dovecot):
     assert not [t for t in threading.enumerate() if t.name.startswith("proxy-")]
 
 
+def test_proxy_unrecorded_and_bounded(make_proxy):
+    """scripts/bench's mode: no copy of the traffic, at most max_queued bytes waiting
+    per direction while the client does not read, then every byte in order."""
+    payload = bytes(range(256)) * (8 * 4096)  # 8 MiB
+    srv = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: srv.accept()[0].sendall(payload), daemon=True).start()
+    p = make_proxy("127.0.0.1", srv.getsockname()[1], record=False, max_queued=1 << 20)
+    with pytest.raises(ValueError):
+        p.cut_when(b"x")
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    assert _until(lambda: p.connections and p.connections[0].s2c.queued > 0)
+    time.sleep(0.3)  # the server has sent what it can; the client has read nothing
+    assert p.connections[0].s2c.queued <= (1 << 20) + 65536
+    got = bytearray()
+    while len(got) < len(payload):
+        chunk = c.recv(1 << 20)
+        assert chunk
+        got += chunk
+    assert got == payload
+    assert p.bytes_server_to_client == len(payload) and p.server_bytes() == b""
+    c.close()
+    srv.close()
+
+
 # ------------------------------------------------------------------ Mount
 
 

@@ -17,6 +17,12 @@ after it was read, in order, so latency is added without reordering or
 limiting throughput.  Everything is bounded: at most ``max_connections``
 connections (later ones are refused) and the proxy stops itself after
 ``lifetime`` seconds.  All threads are daemons.
+
+For long runs (scripts/bench's latency proxy, in its own process):
+``record=False`` keeps no copy of the traffic (only the byte counters; no
+triggers then), ``max_queued`` bounds the bytes waiting in each direction
+(its reader stops reading, so a slow client back-pressures the server), and
+``lifetime=math.inf`` never stops.
 """
 from __future__ import annotations
 
@@ -38,6 +44,25 @@ class _Direction:
     def __init__(self, src: socket.socket, dst: socket.socket, name: str):
         self.src, self.dst, self.name = src, dst, name
         self.q: queue.Queue = queue.Queue()  # (due time, bytes | _EOF | _CLOSE)
+        self.queued = 0                      # bytes put and not yet sent (max_queued)
+        self.room = threading.Condition()
+
+    def put(self, due: float, item: object) -> None:
+        if isinstance(item, (bytes, bytearray)):
+            with self.room:
+                self.queued += len(item)
+        self.q.put((due, item))
+
+    def sent(self, n: int) -> None:
+        with self.room:
+            self.queued -= n
+            self.room.notify_all()
+
+    def wait_room(self, limit: int, closed: threading.Event) -> None:
+        """Block the reader while more than ``limit`` bytes wait to be sent."""
+        with self.room:
+            while self.queued > limit and not closed.is_set():
+                self.room.wait(0.1)
 
 
 class ProxyConnection:
@@ -79,7 +104,7 @@ class ProxyConnection:
         for s in (self.client, self.upstream):
             _shutdown(s)
         for d in (self.c2s, self.s2c):
-            d.q.put((0.0, _CLOSE))
+            d.put(0.0, _CLOSE)
 
     def _close_client_hold_upstream(self, grace: float) -> None:
         self.client_gone = True
@@ -129,43 +154,51 @@ class ProxyConnection:
                 else:
                     if not self._from_server(data, due):
                         return
+                if p.max_queued is not None:
+                    d.wait_room(p.max_queued, self.closed)
         finally:
             if d is self.s2c and self._line_buf and not self.closed.is_set():
                 self._flush_line_buf()
-            d.q.put((0.0, _EOF))
+            d.put(0.0, _EOF)
 
     def _flush_line_buf(self) -> None:
         rest, self._line_buf = self._line_buf, b""
-        self.s2c.q.put((time.monotonic() + self.proxy.delay_ms / 1000.0,
-                        self.proxy._rewrite(rest)))
+        self.s2c.put(time.monotonic() + self.proxy.delay_ms / 1000.0,
+                     self.proxy._rewrite(rest))
 
     def _from_client(self, data: bytes, due: float) -> bool:
         p = self.proxy
+        if not p.record:  # no copy, no triggers
+            self.c2s.put(due, data)
+            return True
         with p._lock:
             start = len(self.client_data)
             self.client_data += data
             hit = p._match(p._client_triggers, self.client_data, start, len(data))
         if hit is None:
-            self.c2s.q.put((due, data))
+            self.c2s.put(due, data)
             return True
         trig, pos = hit
         if trig.hold:  # this chunk and what follows wait until Proxy.release()
             self.gate.clear()
-            self.c2s.q.put((due, data))
+            self.c2s.put(due, data)
             return True
         if trig.forward:
-            self.c2s.q.put((due, data))
+            self.c2s.put(due, data)
             self._close_client_hold_upstream(trig.grace)
         else:
             before = _before_line(self.client_data, pos) - start
             if before > 0:
-                self.c2s.q.put((due, data[:before]))
-            self.c2s.q.put((due, _CLOSE))
+                self.c2s.put(due, data[:before])
+            self.c2s.put(due, _CLOSE)
             _shutdown(self.client)  # the client sees the drop at once
         return False
 
     def _from_server(self, data: bytes, due: float) -> bool:
         p = self.proxy
+        if not p.record:
+            self._send_server(data, due)
+            return True
         with p._lock:
             start = len(self.server_data)
             self.server_data += data
@@ -181,7 +214,7 @@ class ProxyConnection:
                 before = _before_line(self.server_data, pos) - start
                 if before > 0:
                     self._send_server(data[:before], due)
-            self.s2c.q.put((due, _CLOSE))
+            self.s2c.put(due, _CLOSE)
             _shutdown(self.upstream)
             return False
         self._send_server(data, due)
@@ -198,7 +231,7 @@ class ProxyConnection:
             data = p._rewrite(buf[:cut]) if cut else b""
             if not data:
                 return
-        self.s2c.q.put((due, data))
+        self.s2c.put(due, data)
 
     def _writer(self, d: _Direction) -> None:
         try:
@@ -239,6 +272,7 @@ class ProxyConnection:
             except OSError:
                 self.close()
                 return
+            d.sent(len(item))
             with p._lock:
                 if d is self.c2s:
                     p.bytes_client_to_server += len(item)
@@ -288,14 +322,18 @@ class Proxy:
     whole lines (data up to and including a ``\\n``; the incomplete tail is
     held back until its line ends or the server closes).  ``refuse``: accept
     and close at once.  ``hang``: accept and then neither read nor answer
-    (a dead server).  Both may be switched at any time.
+    (a dead server).  Both may be switched at any time.  ``record=False``:
+    keep no copy of the traffic (``client_bytes()`` stays empty; triggers
+    cannot be armed).  ``max_queued``: bytes per direction read and not yet
+    sent beyond which the reader waits (``None``: unbounded).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *,
                  rewrite_server: Callable[[bytes], bytes] | None = None,
                  delay_ms: float = 0, refuse: bool = False, hang: bool = False,
                  max_connections: int = 500, lifetime: float = 900.0,
-                 host: str = "127.0.0.1", connect_timeout: float = 5.0):
+                 host: str = "127.0.0.1", connect_timeout: float = 5.0,
+                 record: bool = True, max_queued: int | None = None):
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.rewrite_server = rewrite_server
@@ -305,6 +343,8 @@ class Proxy:
         self.max_connections = max_connections
         self.lifetime = lifetime
         self.connect_timeout = connect_timeout
+        self.record = record
+        self.max_queued = max_queued
         self.connections: list[ProxyConnection] = []
         self.accepted = 0
         self.bytes_client_to_server = 0
@@ -420,6 +460,7 @@ class Proxy:
         ``once``: disarm after the first cut.  Returns the trigger: a test
         asserts ``fired`` so that it cannot pass without the cut.
         """
+        self._need_record()
         t = _Trigger(trigger, forward, once, grace)
         with self._lock:
             self._client_triggers.append(t)
@@ -434,6 +475,7 @@ class Proxy:
         never learns it.  ``forward=True``: the client gets that data first.
         Returns the trigger (see :meth:`cut_when`).
         """
+        self._need_record()
         t = _Trigger(trigger, forward, once, 0.0)
         with self._lock:
             self._server_triggers.append(t)
@@ -447,11 +489,16 @@ class Proxy:
         must be in flight at a known moment, e.g. ``b"APPEND"``: the client
         waits for the server's continuation. Returns the trigger (``fired``).
         """
+        self._need_record()
         t = _Trigger(trigger, False, once, 0.0)
         t.hold = True
         with self._lock:
             self._client_triggers.append(t)
         return t
+
+    def _need_record(self) -> None:
+        if not self.record:
+            raise ValueError("triggers match the recorded traffic: Proxy(record=False) has none")
 
     def release(self) -> None:
         """Let every held connection's data go on to the server, in order."""
