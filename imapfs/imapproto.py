@@ -25,24 +25,47 @@ from .errors import ProtocolError
 Data = list[Union[bytes, tuple[bytes, bytes]]]
 Value = Any  # bytes | int | None | list[Value]
 
-# One token per match. Groups: 1 '(' 2 ')' 3 quoted string 4 literal size at
-# end of chunk 5 atom (which may carry a [section] with spaces and parens and
-# a <partial> suffix, as in BODY[HEADER.FIELDS (SUBJECT)]<0>).
+# Limits on what one server reply may make us build (docs/reliability.md, "Limits").
+# Past any of them the reply is a ProtocolError: of that message where the
+# response can be told apart (parse_fetch's *bad*), else of the whole reply.
+MAX_DEPTH = 200  # nested lists; Dovecot 2.3 sends up to 102 (BODYSTRUCTURE of 100 nested multiparts)
+MAX_VALUES = 1_000_000  # values (atoms, strings, numbers, lists) in one response
+MAX_UID_SET = 1_000_000  # UIDs one uid-set may expand to (49 bytes could say 5 million)
+MAX_MESSAGE_SIZE = 2**40  # RFC822.SIZE above this (1 TiB) is taken as a lie about that message
+MAX_UID = 2**32 - 1  # RFC 3501 nz-number; tree inode numbers rely on it
+_MAX_NUMBER_DIGITS = 20  # number64 has at most 20 digits; a longer digit run stays an atom
+
+# One token per match; every byte of a chunk is matched by some alternative
+# (leading whitespace is folded into the next token), so the token loop is
+# one C-level scan that never backtracks far: linear in the chunk, whatever
+# the bytes (the old match-per-token regex was quadratic on ``a[ `` repeated). Groups: 1 '(' or ')'; 2-4 a quoted
+# string's opening quote, body and closing quote (empty: unterminated);
+# 5 literal size (``{N}``, ``~{N}`` for literal8, ``{N+}``) at the end of the
+# chunk; 6 an atom; 7 a brace that starts no literal (an error); none: the
+# end (so trailing whitespace is one match, not a rescan from every byte).
+# Atoms are lenient (RFC 3501 atom-chars plus ``[ ] % * \\`` and 8-bit bytes a
+# broken server may send), so any flag another client can set reads back;
+# FETCH item names with a section (``BODY[HEADER.FIELDS (SUBJECT)]``) are
+# reassembled from their tokens by parse_fetch, where only item names can be.
 _TOKEN = re.compile(
     rb"""[ \t\r\n]*(?:
-        (\()
-      | (\))
-      | "((?:[^"\\]|\\.)*)"
+        ([()])
+      | (")([^"\\]*(?:\\.[^"\\]*)*)("?)
       | ~?\{(\d+)\+?\}[ \t\r\n]*\Z
-      | ([^ \t\r\n()"{\[\]]*\[[^\]]*\](?:<[0-9.]+>)?|[^ \t\r\n()"{]+)
+      | ([^ \t\r\n()"{]+)
+      | (\{)
+      | \Z
     )""",
     re.X | re.S,
 )
-_SPACE = re.compile(rb"[ \t\r\n]*\Z")
-_DIGITS = re.compile(rb"\d+\Z")
+_SMALL_CHUNK = 16384  # tokenised eagerly (findall, fastest); larger chunks lazily (finditer, bounded memory)
 _UNQUOTE = re.compile(rb"\\(.)", re.S)
+_OPEN = "("
+_CLOSE = ")"
 _END = object()
-_MAX_DEPTH = 200  # deeper lists raise ProtocolError instead of RecursionError (Dovecot sends up to 102)
+_MAX_DEPTH = MAX_DEPTH  # old name
+_RAW_ITEMS = frozenset({b"FLAGS", b"X-GM-LABELS"})  # keywords such as 007 or NIL stay as sent
+_groups = re.Match.groups
 
 
 class _Parser:
@@ -51,9 +74,9 @@ class _Parser:
     def __init__(self, data: Iterable[Union[bytes, tuple[bytes, bytes]]], convert_atoms: bool = True) -> None:
         self._convert_atoms = convert_atoms  # False: numbers and NIL stay bytes (LIST names)
         self._chunks = iter(data)
-        self._text = b""
-        self._pos = 0
+        self._toks: Iterator[tuple[bytes, ...]] = iter(())
         self._literal: bytes | None = None
+        self.values_left = MAX_VALUES
 
     def _next_chunk(self) -> bool:
         if self._literal is not None:
@@ -62,74 +85,86 @@ class _Parser:
             if isinstance(chunk, tuple):
                 if len(chunk) != 2 or not all(isinstance(c, (bytes, bytearray)) for c in chunk):
                     raise ProtocolError("malformed literal chunk from imaplib")
-                self._text, self._literal = bytes(chunk[0]), bytes(chunk[1])
+                text, self._literal = bytes(chunk[0]), bytes(chunk[1])
             elif isinstance(chunk, (bytes, bytearray)):
-                self._text, self._literal = bytes(chunk), None
+                text, self._literal = bytes(chunk), None
             elif chunk is None:
                 continue
             else:
                 raise ProtocolError("unexpected response chunk %r" % type(chunk))
-            self._pos = 0
+            if len(text) <= _SMALL_CHUNK:
+                self._toks = iter(_TOKEN.findall(text))
+            else:
+                self._toks = map(_groups, _TOKEN.finditer(text))
             return True
         return False
 
-    def token(self) -> Any:
-        """Return the next token: '(' ')' or a value; _END when data runs out."""
+    def token(self, convert: bool | None = None) -> Any:
+        """Return the next token: _OPEN, _CLOSE or a value; _END when data runs out."""
         while True:
-            if self._pos >= len(self._text) or _SPACE.match(self._text, self._pos):
+            tok = next(self._toks, None)
+            if tok is None:
                 if not self._next_chunk():
                     return _END
                 continue
-            m = _TOKEN.match(self._text, self._pos)
-            if m is None:
-                raise ProtocolError(
-                    "cannot parse server reply near %r" % self._text[self._pos:self._pos + 40]
-                )
-            self._pos = m.end()
-            if m.group(1) is not None:
-                return "("
-            if m.group(2) is not None:
-                return ")"
-            if m.group(3) is not None:
-                s = m.group(3)
-                return _UNQUOTE.sub(rb"\1", s) if b"\\" in s else s
-            if m.group(4) is not None:
-                lit = self._literal
-                if lit is None or len(m.group(4)) > 20 or len(lit) != int(m.group(4)):
+            paren, q_open, q_body, q_close, lit, atom, brace = tok
+            if atom:
+                if not (self._convert_atoms if convert is None else convert):
+                    return atom
+                if atom.isdigit() and len(atom) <= _MAX_NUMBER_DIGITS:
+                    return int(atom)
+                if len(atom) == 3 and atom.upper() == b"NIL":
+                    return None
+                return atom
+            if paren:
+                return _OPEN if paren == b"(" else _CLOSE
+            if q_open:
+                if not q_close:
+                    raise ProtocolError("unterminated quoted string in server reply")
+                return _UNQUOTE.sub(rb"\1", q_body) if b"\\" in q_body else q_body
+            if lit:
+                literal = self._literal
+                if literal is None or len(lit) > 20 or len(literal) != int(lit):
                     raise ProtocolError("literal announced but not delivered")
                 self._literal = None
-                self._pos = len(self._text)
-                return lit
-            atom = m.group(5)
-            if not self._convert_atoms:
-                return atom
-            if _DIGITS.match(atom):
-                if len(atom) > 20:  # beyond number64; int() refuses > 4300 digits
-                    raise ProtocolError("number too long in server reply")
-                return int(atom)
-            if atom.upper() == b"NIL":
-                return None
-            return atom
+                return literal
+            if brace:
+                raise ProtocolError("'{' that starts no literal in server reply")
 
-    def value(self, tok: Any = _END, depth: int = 0) -> Value:
+    def value(self, tok: Any = _END, convert: bool | None = None, depth: int = 0) -> Value:
+        """The value that starts with *tok* (read if not given); lists are built without recursion."""
         if tok is _END:
-            tok = self.token()
+            tok = self.token(convert)
         if tok is _END:
             raise ProtocolError("reply ended early")
-        if tok == ")":
+        if tok is _CLOSE:
             raise ProtocolError("unbalanced ')' in reply")
-        if tok != "(":
+        self.values_left -= 1
+        if tok is not _OPEN:
             return tok
-        if depth >= _MAX_DEPTH:
-            raise ProtocolError("reply nests lists deeper than %d" % _MAX_DEPTH)
-        out: list[Value] = []
+        stack: list[list[Value]] = []
+        cur: list[Value] = []
         while True:
-            t = self.token()
-            if t == ")":
-                return out
+            t = self.token(convert)
+            if t is _CLOSE:
+                if not stack:
+                    return cur
+                cur = stack.pop()
+                continue
             if t is _END:
                 raise ProtocolError("reply ended inside a list")
-            out.append(self.value(t, depth + 1))
+            self.values_left -= 1
+            if self.values_left < 0:
+                raise ProtocolError("reply holds more than %d values" % MAX_VALUES)
+            if t is _OPEN:
+                if depth + len(stack) + 1 >= MAX_DEPTH:
+                    raise ProtocolError("reply nests lists deeper than %d" % MAX_DEPTH)
+                new: list[Value] = []
+                cur.append(new)
+                stack.append(cur)
+                cur = new
+            else:
+                cur.append(t)
 
     def values(self) -> Iterator[Value]:
         while True:
@@ -137,6 +172,69 @@ class _Parser:
             if t is _END:
                 return
             yield self.value(t)
+            if self.values_left < 0:
+                raise ProtocolError("reply holds more than %d values" % MAX_VALUES)
+
+    def _section(self, key: bytes) -> bytes:
+        """The rest of an item name whose section holds spaces (``BODY[HEADER.FIELDS (SUBJECT FROM)]``).
+
+        It comes as several tokens; they are put back together in the
+        canonical spacing (what we asked for, and what servers echo).
+        """
+        parts = [key]
+        prev: Any = key
+        while True:
+            t = self.token(False)
+            self.values_left -= 1
+            if t is _END or self.values_left < 0 or len(parts) > 1000:
+                raise ProtocolError("FETCH item section not closed: %r" % b"".join(parts)[:60])
+            if t is _OPEN:
+                parts.append(b"(" if prev is _OPEN else b" (")
+            elif t is _CLOSE:
+                parts.append(b")")
+            elif t.startswith(b"]"):
+                parts.append(t)
+                return b"".join(parts)
+            else:
+                parts.append(t if prev is _OPEN else b" " + t)
+            prev = t
+
+    def fetch_items(self) -> dict[bytes, Value]:
+        """The ``(NAME value NAME value ...)`` list of one FETCH response.
+
+        Item names are upper-cased, a partial fetch's ``<origin>`` dropped.
+        """
+        if self.token() is not _OPEN:
+            raise ProtocolError("FETCH reply is not a list of pairs")
+        self.values_left = MAX_VALUES
+        out: dict[bytes, Value] = {}
+        token = self.token
+        while True:
+            key = token(False)
+            if key is _CLOSE:
+                return out
+            if type(key) is not bytes or key.isdigit() or (len(key) == 3 and key.upper() == b"NIL"):
+                if key is _END:
+                    raise ProtocolError("reply ended inside a FETCH list")
+                raise ProtocolError("FETCH item name %r is not an atom" % ("(" if key is _OPEN else key,))
+            if b"[" in key:
+                if b"]" not in key[key.index(b"["):]:
+                    key = self._section(key)
+                if key.endswith(b">") and b"<" in key:
+                    key = key[: key.rindex(b"<")]
+            key = key.upper()
+            convert = key not in _RAW_ITEMS
+            tok = token(convert)
+            self.values_left -= 1
+            if tok is _OPEN:
+                out[key] = self.value(tok, convert, 1)
+            elif tok is _CLOSE or tok is _END:
+                raise ProtocolError("FETCH reply is not a list of pairs")
+            else:
+                out[key] = tok
+                self.values_left -= 1
+            if self.values_left < 0:
+                raise ProtocolError("reply holds more than %d values" % MAX_VALUES)
 
 
 def parse(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[Value]:
@@ -144,34 +242,85 @@ def parse(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[Value]:
     return list(_Parser(data).values())
 
 
-def parse_fetch(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> Iterator[tuple[int, dict[bytes, Value]]]:
+@dataclass(frozen=True)
+class FetchFailure:
+    """A FETCH response that could not be parsed: what could still be read of it."""
+
+    seq: int | None
+    uid: int | None
+    error: str
+
+
+_SALVAGE_SEQ = re.compile(rb"[ \t]*(\d{1,10}) ")
+_SALVAGE_UID = re.compile(rb"[ (]UID (\d{1,10})[ )]", re.I)
+
+
+def _salvage(group: list[Any], error: ProtocolError) -> FetchFailure:
+    """Sequence number and UID of a response that failed to parse, if its head shows them."""
+    head = group[0][0] if isinstance(group[0], tuple) else group[0]
+    seq = uid = None
+    if isinstance(head, (bytes, bytearray)):
+        head = bytes(head[:4096])
+        m = _SALVAGE_SEQ.match(head)
+        if m:
+            seq = int(m.group(1))
+            u = _SALVAGE_UID.search(head)
+            if u and 0 < int(u.group(1)) <= MAX_UID:
+                uid = int(u.group(1))
+    return FetchFailure(seq, uid, str(error))
+
+
+def _responses(data: Iterable[Any]) -> Iterator[list[Any]]:
+    """Split imaplib's flat list into responses: literals (tuples) then the line that ends it.
+
+    imaplib appends a response's text up to each literal as ``(text, literal)``
+    and the rest of the line after the last literal as bytes, so a bytes item
+    (or anything else) closes a response.
+    """
+    group: list[Any] = []
+    for chunk in data:
+        if chunk is None:
+            continue
+        group.append(chunk)
+        if not isinstance(chunk, tuple):
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def parse_fetch(data: Iterable[Union[bytes, tuple[bytes, bytes]]],
+                bad: list[FetchFailure] | None = None) -> Iterator[tuple[int, dict[bytes, Value]]]:
     """Yield ``(seq, {ITEM: value})`` for each ``* seq FETCH (...)`` in *data*.
 
     Item names are upper-cased bytes (``b"UID"``, ``b"BODY[]"``,
     ``b"BINARY.SIZE[2]"``); a partial fetch's origin ``<0>`` is dropped from
-    the key. Responses we did not ask for (e.g. unsolicited FLAGS of another
-    message) come through too: the caller filters on UID.
+    the key. FLAGS (and X-GM-LABELS) keep every keyword as sent (``b"007"``,
+    ``b"NIL"``, ``b"foo[bar"``). Responses we did not ask for (e.g. unsolicited
+    FLAGS of another message) come through too: the caller filters on UID.
+
+    A response that cannot be parsed raises ProtocolError, unless *bad* is
+    given: then it is recorded there (with the sequence number and UID its
+    head shows, if any) and the next response is parsed, so one bad message
+    costs that message, not the whole reply.
     """
-    p = _Parser(data)
-    while True:
-        seq = p.token()
-        if seq is _END:
-            return
-        if not isinstance(seq, int):
-            raise ProtocolError("FETCH reply without a sequence number: %r" % (seq,))
-        items = p.value()
-        if not isinstance(items, list) or len(items) % 2:
-            raise ProtocolError("FETCH reply for %d is not a list of pairs" % seq)
-        out: dict[bytes, Value] = {}
-        for i in range(0, len(items), 2):
-            key = items[i]
-            if not isinstance(key, bytes):
-                raise ProtocolError("FETCH item name %r is not an atom" % (key,))
-            key = key.upper()
-            if key.endswith(b">") and b"<" in key:
-                key = key[: key.rindex(b"<")]
-            out[key] = items[i + 1]
-        yield seq, out
+    for group in _responses(data):
+        p = _Parser(group)
+        done = 0
+        try:
+            while True:
+                seq = p.token()
+                if seq is _END:
+                    break
+                if not isinstance(seq, int):
+                    raise ProtocolError("FETCH reply without a sequence number: %r" % (seq,))
+                yield seq, p.fetch_items()
+                done += 1
+        except ProtocolError as e:
+            if bad is None:
+                raise
+            # A second response on the same line (never from imaplib) has no head of its own.
+            bad.append(_salvage(group, e) if not done else FetchFailure(None, None, str(e)))
 
 
 @dataclass(frozen=True)
@@ -250,25 +399,72 @@ _UID = re.compile(rb"\d{1,10}\Z")
 
 def _uid(text: bytes) -> int:
     t = text.strip()
-    if not _UID.match(t):
+    if not _UID.match(t) or not 0 < int(t) <= MAX_UID:  # nz-number
         raise ProtocolError("bad uid %r in uid set" % text[:40])
     return int(t)
 
 
-def parse_uid_set(text: bytes) -> list[int]:
-    """Expand a uid-set such as ``b"3:5,9"`` in order; ``*`` is refused."""
-    out: list[int] = []
+def parse_uid_ranges(text: bytes) -> list[tuple[int, int]]:
+    """A uid-set as ``(first, last)`` pairs in order (``b"5:3,9"`` → ``[(5, 3), (9, 9)]``).
+
+    Its size follows the text, not the UIDs it names, so a caller that only
+    tests membership or maps one UID (COPYUID) never expands a huge range.
+    """
+    out: list[tuple[int, int]] = []
     for part in text.split(b","):
         if b":" in part:
             a, b = part.split(b":", 1)
-            lo, hi = _uid(a), _uid(b)
-            step = 1 if hi >= lo else -1
-            if abs(hi - lo) > 10_000_000:
-                raise ProtocolError("uid range too large: %r" % part)
-            out.extend(range(lo, hi + step, step))
+            out.append((_uid(a), _uid(b)))
         else:
-            out.append(_uid(part))
+            u = _uid(part)
+            out.append((u, u))
     return out
+
+
+def uid_set_size(ranges: Iterable[tuple[int, int]]) -> int:
+    """How many UIDs *ranges* names (duplicates counted)."""
+    return sum(abs(b - a) + 1 for a, b in ranges)
+
+
+def parse_uid_set(text: bytes, limit: int = MAX_UID_SET) -> list[int]:
+    """Expand a uid-set such as ``b"3:5,9"`` in order; ``*`` is refused.
+
+    More than *limit* UIDs in all is a ProtocolError: the text is small, the
+    list it names need not be (``1:4294967295``).
+    """
+    ranges = parse_uid_ranges(text)
+    if uid_set_size(ranges) > limit:
+        raise ProtocolError("uid set too large: %r names more than %d UIDs" % (text[:40], limit))
+    out: list[int] = []
+    for lo, hi in ranges:
+        out.extend(range(lo, hi + 1) if hi >= lo else range(lo, hi - 1, -1))
+    return out
+
+
+def map_uid(src: bytes, dst: bytes, uid: int) -> int | None:
+    """COPYUID's answer for one UID: where *uid* of the source set *src* went in *dst*.
+
+    Walks the ranges in step without expanding them; None if *uid* is not in
+    *src* or the sets differ in size (ProtocolError if either is malformed).
+    """
+    s, d = parse_uid_ranges(src), parse_uid_ranges(dst)
+    if uid_set_size(s) != uid_set_size(d):
+        return None
+    index = 0
+    for lo, hi in s:
+        step = 1 if hi >= lo else -1
+        if min(lo, hi) <= uid <= max(lo, hi):
+            index += (uid - lo) * step
+            break
+        index += abs(hi - lo) + 1
+    else:
+        return None
+    for lo, hi in d:
+        n = abs(hi - lo) + 1
+        if index < n:
+            return lo + index if hi >= lo else lo - index
+        index -= n
+    return None
 
 
 def format_uid_set(uids: Iterable[int]) -> str:

@@ -14,13 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imapfs.errors import ProtocolError
+from imapfs import imapproto
 from imapfs.imapproto import (
+    FetchFailure,
     ListEntry,
     format_uid_set,
+    map_uid,
     parse,
     parse_fetch,
     parse_internaldate,
     parse_list,
+    parse_uid_ranges,
     parse_uid_set,
     quote,
     response_code,
@@ -263,6 +267,123 @@ def test_parse_fetch_is_lazy():
         next(it)
 
 
+# ===================================================== keywords (issue 10 item 2)
+
+# Dovecot 2.3.19 accepts these keywords in UID STORE (and refuses ']', '%',
+# '*', '\' and 8-bit ones); the reply below is what it then sends, captured.
+KEYWORD_REPLY = [
+    (b'1 (UID 1 FLAGS (\\Recent foo[bar 12345678901234567890123456 007 NIL [ a~b) RFC822.SIZE 21 '
+     b'BODY[HEADER.FIELDS (SUBJECT)] {15}', b'Subject: hi\r\n\r\n'),
+    b')',
+]
+
+
+def test_keywords_another_client_can_set_read_back_as_sent():
+    # Before: '[' opened a section running to the next ']', and the folder failed
+    # with "reply ended inside a list"; 007 read as 7, NIL was dropped, 26 digits failed.
+    ((seq, items),) = fetch(KEYWORD_REPLY)
+    assert (seq, items) == (1, {
+        b"UID": 1,
+        b"FLAGS": [b"\\Recent", b"foo[bar", b"12345678901234567890123456", b"007", b"NIL", b"[", b"a~b"],
+        b"RFC822.SIZE": 21,
+        b"BODY[HEADER.FIELDS (SUBJECT)]": b"Subject: hi\r\n\r\n",
+    })
+
+
+KEYWORD_CASES = {
+    # name: (FLAGS list as the server sends it, the keywords we must get)
+    "bracket inside": (b"(foo[bar)", [b"foo[bar"]),
+    "bracket alone": (b"([)", [b"["]),
+    "bracket at the end, item after": (b"(x[ \\Seen)", [b"x[", b"\\Seen"]),
+    "brackets balanced in one keyword": (b"(a[b]c)", [b"a[b]c"]),
+    "closing bracket (broken server)": (b"(a]b ])", [b"a]b", b"]"]),
+    "list-wildcards and backslash (broken server)": (b"(a%b a*b \\*)", [b"a%b", b"a*b", b"\\*"]),
+    "long digit run": (b"(" + b"9" * 40 + b")", [b"9" * 40]),
+    "digits with leading zero": (b"(007 0)", [b"007", b"0"]),
+    "NIL as a keyword": (b"(NIL nil)", [b"NIL", b"nil"]),
+    "8-bit UTF-8 (broken server)": (b"(caf\xc3\xa9 \xff\xfe)", [b"caf\xc3\xa9", b"\xff\xfe"]),
+    "control bytes in an atom (broken server)": (b"(a\x01b)", [b"a\x01b"]),
+    "tilde and brace-free dollar": (b"($Label1 a~b)", [b"$Label1", b"a~b"]),
+    "quoted keyword (broken server)": (b'("x y")', [b"x y"]),
+    "empty": (b"()", []),
+}
+
+
+@pytest.mark.parametrize("flags, want", list(KEYWORD_CASES.values()), ids=list(KEYWORD_CASES))
+def test_flags_keep_every_keyword(flags, want):
+    # In the FLAGS of a full metadata reply, with a section item after it.
+    data = [(b"3 (UID 9 FLAGS " + flags + b" INTERNALDATE \"05-Mar-2024 08:07:02 +0000\" RFC822.SIZE 5 "
+             b"BODY[HEADER.FIELDS (SUBJECT)] {2}", b"\r\n"), b")"]
+    ((seq, items),) = fetch(data)
+    assert (seq, items[b"UID"], items[b"FLAGS"], items[b"RFC822.SIZE"]) == (3, 9, want, 5)
+    assert items[b"BODY[HEADER.FIELDS (SUBJECT)]"] == b"\r\n"
+
+
+SECTION_NAMES = {
+    # item name as sent: the key parse_fetch gives
+    b"BODY[HEADER.FIELDS (SUBJECT)]": b"BODY[HEADER.FIELDS (SUBJECT)]",
+    b"BODY[HEADER.FIELDS (SUBJECT FROM)]<0>": b"BODY[HEADER.FIELDS (SUBJECT FROM)]",
+    b"body[header.fields.not (x-a)]": b"BODY[HEADER.FIELDS.NOT (X-A)]",
+    b"BODY[1.2.HEADER.FIELDS (A B C)]": b"BODY[1.2.HEADER.FIELDS (A B C)]",
+    b'BODY[HEADER.FIELDS ("Subject")]': b"BODY[HEADER.FIELDS (SUBJECT)]",  # quoted: canonical spacing
+    b"BODY[HEADER.FIELDS ( SUBJECT )]": b"BODY[HEADER.FIELDS (SUBJECT)]",
+    b"BODY[]<0>": b"BODY[]",
+    b"BINARY.SIZE[2]": b"BINARY.SIZE[2]",
+    b"BODY[1.MIME]": b"BODY[1.MIME]",
+}
+
+
+@pytest.mark.parametrize("name, key", list(SECTION_NAMES.items()), ids=[k.decode() for k in SECTION_NAMES])
+def test_section_item_names(name, key):
+    assert fetch([b"1 (UID 1 " + name + b' "v" FLAGS (a[b))']) == [(1, {b"UID": 1, key: b"v", b"FLAGS": [b"a[b"]})]
+
+
+@pytest.mark.parametrize("data", [
+    [b"1 (BODY[HEADER.FIELDS (SUBJECT) 5)"],  # section never closed
+    [b"1 (BODY[HEADER.FIELDS (" + b"A " * 2000 + b")] 5)"],  # absurdly long section
+], ids=["unclosed", "too long"])
+def test_bad_section_item_names(data):
+    with pytest.raises(ProtocolError):
+        fetch(data)
+
+
+# One FETCH reply of four messages; the second and third cannot be parsed.
+MIXED = [
+    (b'1 (UID 11 FLAGS () RFC822.SIZE 3 BODY[] {3}', b"abc"), b")",
+    (b'2 (UID 12 FLAGS () RFC822.SIZE 3 BODY[] {5}', b"ab"), b")",  # literal short
+    b'3 (UID 13 FLAGS (\\Seen "unterminated) RFC822.SIZE 3)',
+    (b'4 (UID 14 BODY[] {2}', b"xy"), b" FLAGS (a[b))",
+]
+
+
+def test_one_bad_response_costs_that_message_only():
+    bad: list[FetchFailure] = []
+    got = list(parse_fetch(MIXED, bad))
+    assert got == [(1, {b"UID": 11, b"FLAGS": [], b"RFC822.SIZE": 3, b"BODY[]": b"abc"}),
+                   (4, {b"UID": 14, b"BODY[]": b"xy", b"FLAGS": [b"a[b"]})]
+    assert [(f.seq, f.uid) for f in bad] == [(2, 12), (3, 13)]
+    assert "literal" in bad[0].error and "quoted" in bad[1].error
+    # Without a list for failures, the first one raises (after the good response before it).
+    it = parse_fetch(MIXED)
+    assert next(it)[0] == 1
+    with pytest.raises(ProtocolError):
+        next(it)
+
+
+@pytest.mark.parametrize("data, seq, uid", [
+    ([b"9 (UID 7 X (()"], 9, 7),
+    ([b"9 (FLAGS (\\Seen) UID 7 X )"], 9, 7),
+    ([b"9 (X {"], 9, None),  # no UID shown
+    ([b"x (UID 7)"], None, None),  # no sequence number
+    ([b"9 (UID 99999999999 X {"], 9, None),  # UID out of range
+    ([(b"9 (UID 7 BODY[] {4}", b"ab")], 9, 7),  # literal short, no tail
+], ids=["unbalanced", "UID later", "no UID", "no seq", "UID too big", "short literal, no tail"])
+def test_failure_salvages_sequence_number_and_uid(data, seq, uid):
+    bad: list[FetchFailure] = []
+    assert list(parse_fetch(data, bad)) == []
+    assert [(f.seq, f.uid) for f in bad] == [(seq, uid)]
+
+
 # ======================================================================= parse
 
 def _nested(depth: int) -> list:
@@ -284,8 +405,9 @@ PARSE_CASES = {
     "quoted escapes": ([b'"a\\"b\\\\c"'], [b'a"b\\c']),
     "quoted with parens and braces": ([b'"(x) {3}"'], [b"(x) {3}"]),
     "quoted 8-bit": ([b'"caf\xc3\xa9"'], [b"caf\xc3\xa9"]),
-    "section atom keeps its spaces and parens": (
-        [b"BODY[HEADER.FIELDS (SUBJECT FROM)]<0> 5"], [b"BODY[HEADER.FIELDS (SUBJECT FROM)]<0>", 5]),
+    # Only a FETCH item name can hold a section; elsewhere '[' is an atom-char (keywords such as foo[bar).
+    "section outside a FETCH item name is plain tokens": (
+        [b"BODY[HEADER.FIELDS (SUBJECT FROM)]<0> 5"], [b"BODY[HEADER.FIELDS", [b"SUBJECT", b"FROM"], b"]<0>", 5]),
     "section atom with partial range": ([b"BODY[]<0.10>"], [b"BODY[]<0.10>"]),
     "whitespace of all kinds": ([b"  1\t2\r\n ( 3 ) "], [1, 2, [3]]),
     "one value per chunk": ([b"1", b"2", b"(3)"], [1, 2, [3]]),
@@ -336,8 +458,9 @@ HOSTILE = {
     "literal marker with a non-number": ([(b"1 (X {abc}", b"abc"), b")"], P, P),
     "literal marker empty": ([(b"1 (X {}", b""), b")"], P, P),
     "literal size with 5000 digits": ([(b"1 (X {" + b"9" * 5000 + b"}", b"a"), b")"], P, P),
-    "number with 5000 digits": ([b"1 (X " + b"9" * 5000 + b")"], P, P),
-    "sequence number with 5000 digits": ([b"9" * 5000 + b" (UID 1)"], P, P),
+    # A digit run longer than number64 stays an atom (a keyword may be one); a FETCH needs a number.
+    "number with 5000 digits": ([b"1 (X " + b"9" * 5000 + b")"], [1, [b"X", b"9" * 5000]], [(1, {b"X": b"9" * 5000})]),
+    "sequence number with 5000 digits": ([b"9" * 5000 + b" (UID 1)"], [b"9" * 5000, [b"UID", 1]], P),
     "unterminated quoted string": ([b'1 (X "abc)'], P, P),
     "quoted string ending in an escaped quote": ([b'1 (X "abc\\")'], P, P),
     "non-numeric sequence number": ([b"x (UID 1)"], [b"x", [b"UID", 1]], P),
@@ -386,6 +509,46 @@ def test_hostile_input(data, want_parse, want_fetch):
                 fn(data)
         else:
             assert fn(data) == want
+
+
+# The old tokenizer tried a section at every 'a[' and scanned to the end of the
+# line for its ']': quadratic (48 KB: 0.68 s; 480 KB: over a minute). Linear
+# now; the bound is generous (a loaded 2-core CI machine) and documented.
+LINEAR_CASES = {
+    "a[ atoms": b"a[ " * 160_000,
+    "brackets and parens": b"x[ (y) " * 70_000,
+    "unterminated quotes": b'"\\"' * 120_000,
+    "trailing whitespace": b"a" + b" " * 480_000,
+    "braces": b"{1} " * 120_000,
+}
+
+
+@pytest.mark.parametrize("payload", list(LINEAR_CASES.values()), ids=list(LINEAR_CASES))
+def test_tokenizer_is_linear(payload):
+    import time
+    for data in ([b"1 (UID 1 X (" + payload + b"))"], [b"1 (UID 1 FLAGS (" + payload + b"))"]):
+        t = time.perf_counter()
+        try:
+            fetch(data)
+        except ProtocolError:
+            pass
+        assert time.perf_counter() - t < 2.0, "480 KB took %.1f s" % (time.perf_counter() - t)
+
+
+def test_values_per_response_are_bounded(monkeypatch):
+    # 1,000,000 in production (a 2-byte "()" is a 64-byte list: 8 MiB of them would
+    # be 256 MB); a smaller budget here keeps the test fast, the mechanism is the same.
+    assert imapproto.MAX_VALUES == 1_000_000
+    monkeypatch.setattr(imapproto, "MAX_VALUES", n := 10_000)
+    ((_, items),) = fetch([b"1 (X (" + b"a " * (n - 2) + b"))"])
+    assert len(items[b"X"]) == n - 2
+    for payload in (b"() " * n, b"a " * n, b"(" * 150 + b")" * 150 + b" a" * n, b") " + b"A 1 " * n + b"("):
+        with pytest.raises(ProtocolError, match="values"):
+            fetch([b"1 (X (" + payload + b"))"])
+        with pytest.raises(ProtocolError, match="values"):
+            parse([b"(" + payload + b")"])
+    # The budget is per response: many responses of a big FETCH are fine.
+    assert len(fetch([b"%d (UID %d X (a b c))" % (i, i) for i in range(1, 2 * n)])) == 2 * n - 1
 
 
 def _dovecot_deep_bodystructure() -> bytes:
@@ -902,6 +1065,55 @@ def test_parse_uid_set_size_limit():
         parse_uid_set(b"1:10000002")
     with pytest.raises(ProtocolError, match="too large"):
         parse_uid_set(b"4294967295:1")
+
+
+def test_parse_uid_set_caps_the_total_not_only_each_range():
+    # Issue 11: 49 bytes, each range under the old per-range cap, 5 million UIDs in all.
+    text = b"1:1000000,2000001:3000000,4000001:5000000,6000001:7000000,8000001:9000000"
+    with pytest.raises(ProtocolError, match="too large"):
+        parse_uid_set(text)
+    assert len(parse_uid_set(text, limit=5_000_000)) == 5_000_000  # a caller that knows better
+    n = imapproto.MAX_UID_SET
+    assert len(parse_uid_set(b"1:%d" % n)) == n
+    with pytest.raises(ProtocolError):
+        parse_uid_set(b"1:%d,%d" % (n, n + 5))
+    assert parse_uid_ranges(text)[:2] == [(1, 1000000), (2000001, 3000000)]
+    assert parse_uid_ranges(b"1:4294967295,7") == [(1, 4294967295), (7, 7)]
+    with pytest.raises(ProtocolError):
+        parse_uid_ranges(b"1:4294967296")  # beyond a 32-bit UID
+
+
+MAP_UID_CASES = [
+    # (src, dst, uid, where it went)
+    (b"5", b"9", 5, 9),
+    (b"1:3,7", b"10:13", 7, 13),
+    (b"1:3,7", b"10:13", 2, 11),
+    (b"3:1", b"10:12", 1, 12),  # a backwards source range
+    (b"1:3", b"12:10", 1, 12),  # a backwards destination range
+    (b"1:4294967295", b"1:4294967295", 4000000000, 4000000000),  # huge, never expanded
+    (b"1:1000000,2000001:3000000", b"5000001:7000000", 2000002, 6000002),
+    (b"1:3", b"10:13", 2, None),  # sizes differ
+    (b"1:3", b"10:12", 4, None),  # not in the source
+]
+
+
+@pytest.mark.parametrize("src, dst, uid, want", MAP_UID_CASES, ids=[f"{c[0].decode()}->{c[1].decode()}@{c[2]}" for c in MAP_UID_CASES])
+def test_map_uid(src, dst, uid, want):
+    assert map_uid(src, dst, uid) == want
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(1, 2**32 - 1), st.integers(0, 20), st.booleans()), min_size=1, max_size=6),
+       st.integers(1, 2**32 - 1), st.data())
+def test_map_uid_matches_expansion(parts, base, data):
+    src = ",".join(f"{a}:{min(a + n, 2**32 - 1)}" if not back else f"{min(a + n, 2**32 - 1)}:{a}"
+                   for a, n, back in parts).encode()
+    s = parse_uid_set(src)
+    base = min(base, 2**32 - len(s))
+    dst = f"{base}:{base + len(s) - 1}".encode()
+    d = parse_uid_set(dst)
+    uid = data.draw(st.sampled_from(s))
+    assert map_uid(src, dst, uid) == d[s.index(uid)]
 
 
 UID_SETS_BAD = [b"*", b"1:*", b"*:1", b"", b",", b"1,", b",1", b"1,,2", b"a", b"1:a", b":", b"1:", b":1",
