@@ -46,14 +46,95 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-# imaplib refuses lines over 1 MB; a folder's worth of UIDs in one SEARCH or
-# a long header line can exceed that.
-imaplib._MAXLINE = 64 * 1024 * 1024  # type: ignore[attr-defined]
+# What one server reply may make us read (docs/reliability.md, "Limits"). Past
+# any of them the connection is out of step with the server: it is closed and
+# the command fails with ProtocolError (EIO), never the mount.
+MAX_LINE = 8 * 1024 * 1024  # one response line (between literals); imaplib's own 1 MB is too
+# small for a 10,000-part BODYSTRUCTURE (Dovecot's own part limit), 8 MiB is 5 times that.
+MAX_LITERAL = 1024 * 1024 * 1024  # one literal: a whole decoded part of a big message comes as one
+MIN_RATE = 64 * 1024  # bytes/s: a line or literal must arrive within timeout + size / MIN_RATE
+
+
+class _Bounded:
+    """imaplib's reads with limits: line length, literal size, and time.
+
+    imaplib reads a line with ``file.readline(_MAXLINE)`` (its own check
+    raises ``error``, which looks like a BAD answer) and a literal with
+    ``file.read(size)``, which for ``{2^62}`` raises MemoryError and for
+    ``{10^20}`` OverflowError, and which a server trickling one byte a second
+    keeps busy forever despite the socket timeout. Here each read takes what
+    is buffered or one ``recv`` at a time, so the limits are checked as bytes
+    arrive; a violation raises ``abort`` (the connection is unusable).
+    """
+
+    file: Any
+    sock: Any
+    abort: type[Exception]
+    limit_hit: str | None = None  # why a bound was violated (imaplib re-wraps our abort)
+
+    def _violation(self, why: str) -> Exception:
+        self.limit_hit = why
+        return self.abort(why)
+
+    def _deadline(self, size: int) -> float:
+        timeout = self.sock.gettimeout() if self.sock is not None else None
+        return time.monotonic() + (timeout or 30.0) + size / MIN_RATE
+
+    def readline(self) -> bytes:
+        f = self.file
+        data = f.peek(1)
+        i = data.find(b"\n")
+        if 0 <= i < MAX_LINE:  # the whole line is buffered: the common case
+            return f.read(i + 1)
+        buf = bytearray()
+        start = time.monotonic()
+        deadline = self._deadline(0)
+        while True:
+            if not data:
+                return bytes(buf)  # EOF: imaplib reports it
+            i = data.find(b"\n")
+            take = i + 1 if i >= 0 else len(data)
+            buf += f.read(min(take, MAX_LINE + 1 - len(buf)))
+            if len(buf) > MAX_LINE:
+                raise self._violation(f"server sent a line longer than {MAX_LINE} bytes")
+            if i >= 0:
+                return bytes(buf)
+            if time.monotonic() > deadline + len(buf) / MIN_RATE:
+                raise self._violation(f"server line incomplete after {time.monotonic() - start:.0f} s "
+                                      f"({len(buf)} bytes so far)")
+            data = f.peek(1)
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_LITERAL:
+            raise self._violation(f"server announced a literal of {size} bytes (limit {MAX_LITERAL})")
+        f = self.file
+        deadline = self._deadline(size)
+        parts: list[bytes] = []
+        left = size
+        while left > 0:
+            data = f.read1(min(left, 1024 * 1024))
+            if not data:
+                break  # EOF: imaplib finds the short literal or the missing line
+            parts.append(data)
+            left -= len(data)
+            if left and time.monotonic() > deadline:
+                raise self._violation(f"literal of {size} bytes incomplete after its time limit "
+                                      f"({size - left} bytes arrived)")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _IMAP4(_Bounded, imaplib.IMAP4):
+    pass
+
+
+class _IMAP4_SSL(_Bounded, imaplib.IMAP4_SSL):
+    pass
 
 T = TypeVar("T")
 
 META_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
 _PASSING_ITEMS = {b"UID", b"FLAGS", b"MODSEQ"}  # what an unsolicited FETCH in passing carries
+UNPARSED = b"\0UNPARSED"  # uid_fetch item: this message's FETCH response could not be parsed (why)
 
 
 _OAUTH = ("OAUTHBEARER", "XOAUTH2")  # SASL mechanisms that take an OAuth2 access token
@@ -209,9 +290,9 @@ class Connection:
         ctx = make_ssl_context(a.cafile) if a.tls != "off" else None
         try:
             if a.tls == "implicit":
-                imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(a.host, a.port, ssl_context=ctx, timeout=a.timeout)
+                imap: imaplib.IMAP4 = _IMAP4_SSL(a.host, a.port, ssl_context=ctx, timeout=a.timeout)
             else:
-                imap = imaplib.IMAP4(a.host, a.port, timeout=a.timeout)
+                imap = _IMAP4(a.host, a.port, timeout=a.timeout)
         except ssl.SSLCertVerificationError as e:
             raise TLSError(f"TLS certificate of {a.host}:{a.port} refused: {e.verify_message or e.reason}") from None
         except ssl.SSLError as e:
@@ -222,6 +303,8 @@ class Connection:
             raise ConnectError(f"cannot resolve {a.host}: {e.strerror or e}") from None
         except (OSError, imaplib.IMAP4.error, EOFError) as e:
             raise ConnectError(f"cannot connect to {a.host}:{a.port}: {getattr(e, 'strerror', None) or e}") from None
+        except Exception as e:  # noqa: BLE001 - a greeting imaplib could not digest
+            raise ConnectError(f"cannot connect to {a.host}:{a.port}: unusable greeting ({type(e).__name__})") from None
         self.imap = imap
         try:
             if a.tls == "starttls":
@@ -437,19 +520,41 @@ class Connection:
     # -- running commands -------------------------------------------------
 
     def _cmd(self, what: str, fn: Callable[[imaplib.IMAP4], tuple[str, list]]) -> tuple[str, list]:
-        """Run one imaplib call; connection-level failures mark us broken."""
+        """Run one imaplib call; connection-level failures mark us broken.
+
+        Anything else escaping imaplib (OverflowError, MemoryError, ValueError
+        from a reply it could not digest) leaves the connection out of step
+        with the server: it is marked broken, so the pool closes it and never
+        hands it out again, and the command fails with ProtocolError.
+        """
         if self.imap is None or self.broken:
             raise ServerUnavailable("not connected")
         try:
             typ, dat = fn(self.imap)
+        except ImapfsError:
+            raise  # raised on purpose by fn, after the reply was read
         except imaplib.IMAP4.abort as e:
             self.broken = True
-            raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {_text(e.args[0] if e.args else e)}") from None
+            msg = _text(e.args[0] if e.args else e)
+            if getattr(self.imap, "limit_hit", None):  # one of our bounds, not a lost connection
+                msg = self.imap.limit_hit  # type: ignore[union-attr]
+                log.warning("%s: %s: %s; closing that connection", self.account.label, what, msg)
+                raise ProtocolError(f"{what}: unusable reply from {self.account.label}: {msg}") from None
+            raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {msg}") from None
         except (OSError, EOFError, ssl.SSLError) as e:
             self.broken = True
             raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {e or type(e).__name__}") from None
-        except imaplib.IMAP4.error as e:  # BAD
-            raise CommandFailed(f"{what}: server said {_text(e.args[0] if e.args else e)}") from None
+        except imaplib.IMAP4.error as e:
+            msg = _text(e.args[0] if e.args else e)
+            if " command error: BAD " not in msg:  # not a BAD answer: imaplib lost its footing
+                self.broken = True
+            raise CommandFailed(f"{what}: server said {msg}") from None
+        except Exception as e:  # noqa: BLE001 - a reply imaplib could not digest
+            self.broken = True
+            log.warning("%s: %s: unusable reply (%s: %.200s); closing that connection",
+                        self.account.label, what, type(e).__name__, e)
+            raise ProtocolError(f"{what}: unusable reply from {self.account.label} "
+                                f"({type(e).__name__}); connection closed") from None
         self._take_unsolicited()
         return typ, dat
 
@@ -557,15 +662,30 @@ class Connection:
     # -- fetching ---------------------------------------------------------
 
     def uid_fetch(self, uidset: str, items: str) -> list[tuple[int, dict[bytes, Any]]]:
-        """``UID FETCH`` on the selected folder; returns (uid, items) pairs for responses with a UID."""
+        """``UID FETCH`` on the selected folder; returns (uid, items) pairs for responses with a UID.
+
+        A response that cannot be parsed costs that message only: it is logged
+        and, when its UID can still be read, returned as ``{UID: uid,
+        UNPARSED: reason}`` (so a UID list still counts it as present); the
+        others are returned as usual.
+        """
         typ, dat = self._cmd(f"UID FETCH {items}", lambda i: i.uid("FETCH", uidset, items))
         if typ != "OK":
             self._check(f"UID FETCH {uidset} {items}", typ, dat)
         out = []
-        for _seq, it in imapproto.parse_fetch(d for d in dat if d is not None):
+        bad: list[imapproto.FetchFailure] = []
+        for seq, it in imapproto.parse_fetch((d for d in dat if d is not None), bad):
             uid = it.get(b"UID")
             if isinstance(uid, int):
-                out.append((uid, it))
+                if 0 < uid <= imapproto.MAX_UID:
+                    out.append((uid, it))
+                else:
+                    bad.append(imapproto.FetchFailure(seq, None, f"UID {uid} out of range"))
+        for f in bad:
+            log.warning("folder %r: unusable FETCH reply for %s: %s", self.selected,
+                        f"UID {f.uid}" if f.uid is not None else f"message {f.seq}", f.error)
+            if f.uid is not None:
+                out.append((f.uid, {b"UID": f.uid, UNPARSED: f.error}))
         return out
 
     def fetch_uids(self, name: bytes, uidvalidity: int | None, uids: Sequence[int],
@@ -587,6 +707,13 @@ class Connection:
                 log.info("%s: UIDs %s answered only after a fresh SELECT",
                          name.decode("ascii", "replace"), imapproto.format_uid_set(missing))
             got += late
+        unusable = {u: it[UNPARSED] for u, it in got if UNPARSED in it}
+        if unusable:
+            if uids and uids[0] in unusable and not any(u == uids[0] and UNPARSED not in it for u, it in got):
+                # The message a reader waits for (the rest are read-ahead): its error, EIO.
+                raise ProtocolError(f"{name.decode('ascii', 'replace')} UID {uids[0]}: "
+                                    f"unusable reply: {unusable[uids[0]]}")
+            got = [(u, it) for u, it in got if UNPARSED not in it]
         return got
 
     def uid_set(self) -> set[int]:
@@ -707,9 +834,16 @@ class Connection:
         out: list[RawMeta] = []
         for uid, it in self.uid_fetch(uidset, META_ITEMS):
             try:
+                if UNPARSED in it:
+                    raise ProtocolError(it[UNPARSED])
                 size = it[b"RFC822.SIZE"]
+                if isinstance(size, bytes) and size.isdigit():  # beyond number64: an atom
+                    raise ProtocolError(f"RFC822.SIZE {size[:40].decode()} is over the limit of "
+                                        f"{imapproto.MAX_MESSAGE_SIZE}")
                 if not isinstance(size, int):
                     raise ProtocolError("RFC822.SIZE is not a number")
+                if size > imapproto.MAX_MESSAGE_SIZE:
+                    raise ProtocolError(f"RFC822.SIZE {size} is over the limit of {imapproto.MAX_MESSAGE_SIZE}")
                 date = imapproto.parse_internaldate(it[b"INTERNALDATE"])
                 flags = it.get(b"FLAGS") or []
                 subj = it.get(b"BODY[HEADER.FIELDS (SUBJECT)]")
@@ -766,13 +900,13 @@ class Connection:
             if len(parts) != 3:
                 continue
             try:
-                src = imapproto.parse_uid_set(parts[1])
-                dst = imapproto.parse_uid_set(parts[2])
+                # Ranges, never expanded: 49 bytes of COPYUID could name millions of UIDs.
+                dst_uid = imapproto.map_uid(parts[1], parts[2], src_uid)
                 uidv = int(parts[0])
             except (ValueError, ProtocolError):
                 continue
-            if len(src) == len(dst) and src_uid in src:
-                return uidv, dst[src.index(src_uid)]
+            if dst_uid is not None:
+                return uidv, dst_uid
         return None
 
     def _uid_transfer(self, cmd: str, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
@@ -1113,13 +1247,13 @@ class Pool:
             while True:
                 try:
                     result = await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
-                except BaseException:
+                except BaseException as exc:
                     if not conn.broken:
                         self._idle.append(conn)
                         raise
                     await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
-                    if not retry or fresh:
-                        raise
+                    if not retry or fresh or not isinstance(exc, ServerUnavailable):
+                        raise  # an unusable reply (ProtocolError) would only come again
                     log.info("connection to %s was dead; retrying on a new one", self.account.label)
                     fresh = True
                     conn = await self._connect()

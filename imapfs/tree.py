@@ -886,10 +886,15 @@ class Tree:
         """A big message read to its end: keep it on disk too (offline reading, prefetch)."""
         if self.disk is None or self._on_disk(m):
             return
-        n = (m.size + CHUNK - 1) // CHUNK
-        chunks = [self.content.get((m.inode, i)) for i in range(n)]
-        if all(c is not None for c in chunks):
-            self._persist_body(m, b"".join(chunks))  # type: ignore[arg-type]
+        # Stop at the first chunk not in memory: RFC822.SIZE is the server's word
+        # (up to imapproto.MAX_MESSAGE_SIZE), never a reason to build a huge list.
+        chunks = []
+        for i in range((m.size + CHUNK - 1) // CHUNK):
+            c = self.content.get((m.inode, i))
+            if c is None:
+                return
+            chunks.append(c)
+        self._persist_body(m, b"".join(chunks))
 
     async def _peek(self, key: tuple[int, int]) -> bytes | None:
         """Cached bytes for *key*, waiting for a fetch of it already under way; None if neither."""

@@ -47,12 +47,26 @@ TICK = 1.0
 Event = tuple  # ("folder", raw_name) | ("folders",)
 
 
+# What one push response may make the listener buffer (docs/reliability.md,
+# "Limits"). Push responses are short (EXISTS, EXPUNGE, FETCH FLAGS, STATUS,
+# LIST); past a limit the push connection is dropped and reconnects.
+PUSH_MAX_LINE = 1024 * 1024
+PUSH_MAX_LITERAL = 1024 * 1024
+PUSH_MAX_RESPONSE = 4 * 1024 * 1024  # lines and literals of one response together
+
+
 class _Reader:
-    """Responses from a socket with our own buffer, so timeouts lose nothing."""
+    """Responses from a socket with our own buffer, so timeouts lose nothing.
+
+    The buffer is a bytearray that is searched only where new bytes arrived
+    (linear, not quadratic, in what a slow sender trickles) and never holds
+    more than one line or literal over its limit.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()
+        self._scanned = 0  # the first bytes of buf known to hold no CRLF
 
     def _fill(self, timeout: float) -> bool:
         pending = getattr(self.sock, "pending", None)
@@ -67,10 +81,20 @@ class _Reader:
         return True
 
     def line(self, timeout: float) -> bytes | None:
-        while b"\r\n" not in self.buf:
+        while True:
+            i = self.buf.find(b"\r\n", max(0, self._scanned - 1))
+            if i >= 0:
+                break
+            self._scanned = len(self.buf)
+            if self._scanned > PUSH_MAX_LINE:
+                raise ProtocolError(f"push response line longer than {PUSH_MAX_LINE} bytes")
             if not self._fill(timeout):
                 return None
-        line, _, self.buf = self.buf.partition(b"\r\n")
+        if i > PUSH_MAX_LINE:
+            raise ProtocolError(f"push response line longer than {PUSH_MAX_LINE} bytes")
+        line = bytes(self.buf[:i])
+        del self.buf[:i + 2]  # cheap at the front of a bytearray
+        self._scanned = 0
         return line
 
     def response(self, timeout: float) -> list | None:
@@ -79,20 +103,29 @@ class _Reader:
         if line is None:
             return None
         out: list = []
+        total = len(line)
         while line.endswith(b"}") and b"{" in line:
-            try:
-                n = int(line[line.rindex(b"{") + 1:-1].rstrip(b"+"))
-            except ValueError:
+            digits = line[line.rindex(b"{") + 1:-1].rstrip(b"+")
+            if not digits.isdigit():
                 break
+            n = int(digits) if len(digits) <= 12 else PUSH_MAX_LITERAL + 1
+            total += n
+            if n > PUSH_MAX_LITERAL or total > PUSH_MAX_RESPONSE:
+                raise ProtocolError(f"push response literal of {digits[:20].decode()} bytes is over the limit")
             while len(self.buf) < n:
                 if not self._fill(30.0):
                     raise ProtocolError("literal did not arrive")
-            lit, self.buf = self.buf[:n], self.buf[n:]
+            lit = bytes(self.buf[:n])
+            del self.buf[:n]
+            self._scanned = 0
             out.append((line, lit))
             nxt = self.line(30.0)
             if nxt is None:
                 raise ProtocolError("response did not end")
             line = nxt
+            total += len(line)
+            if total > PUSH_MAX_RESPONSE:
+                raise ProtocolError(f"push response longer than {PUSH_MAX_RESPONSE} bytes")
         out.append(line)
         return out
 
