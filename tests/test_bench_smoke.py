@@ -2,8 +2,10 @@
 
 It runs the real thing end to end (generation into a throwaway Dovecot's
 Maildir, raw imaplib, mbsync, fresh imapfs mounts, the latency proxy, the
-instrumented request-count mount) and checks that every figure is printed and
-that no step failed.  Performance targets are not judged here (--no-targets):
+instrumented request-count mount, and the floors of issue 12: the trivial
+pyfuse3 and C libfuse filesystems built in the same run, the no-change rsync
+pair, imapfs prefetch) and checks that every figure is printed and that no
+step failed.  Performance targets are not judged here (--no-targets):
 N=200 says nothing about them.  The full benchmark is not part of the test
 suite; see docs/performance.md.
 """
@@ -21,6 +23,9 @@ FIGURES = [
     "corpus", "imaplib_meta", "imaplib_bodies", "imaplib_big", "mbsync", "maildir_grep",
     "ls", "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss",
     "fuse_ls_cold", "fuse_ls_warm", "fuse_grep_cold", "fuse_grep_warm",
+    "floor_py_ls", "floor_py_ls_warm", "floor_py_grep_cold", "floor_py_grep_warm",
+    "floor_c_ls", "floor_c_ls_warm", "floor_c_grep_cold", "floor_c_grep_warm",
+    "rsync_a", "rsync_ax", "prefetch",
     "imaplib_meta_rtt", "imaplib_bodies_rtt", "mbsync_rtt", "maildir_grep_rtt",
     "ls_rtt", "ls_warm_rtt", "grep_cold_rtt", "rss_rtt",
     "huge_ls", "huge_mem",
@@ -52,11 +57,21 @@ def test_bench_smoke(tmp_path):
     for ratio in ("cold grep / mbsync pull", "warm grep / Maildir grep", "read rate / imaplib rate",
                   "cold grep / mbsync pull @ 10 ms"):
         assert ratio in res.stdout, f"ratio {ratio!r} not printed\n{report}"
+    # issue 12's targets table: every figure beside its floor, with the floors measured
+    targets = {t["figure"]: t for t in data["targets"]}
+    assert "targets of issue 12" in res.stdout, report
+    for t in data["targets"]:
+        assert t["figure"] in res.stdout, f"target {t['figure']!r} not printed\n{report}"
+    for fig in ("cold grep -r of 200 / mbsync pull", "warm grep -r / Maildir grep", "cold ls -l of 200"):
+        assert "pyfuse3 " in targets[fig]["floor"] and ", C " in targets[fig]["floor"], targets[fig]
+    for fig in ("no-change rsync -aX / rsync -a (200 .eml)", "imapfs prefetch of 200 / mbsync pull"):
+        assert targets[fig]["now"] != "-" and targets[fig]["result"] in ("PASS", "FAIL"), targets[fig]
 
 
 def test_bench_help():
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--help"],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0
-    for opt in ("--rtt", "--skip-rtt", "--big", "--no-targets", "--json", "--profile"):
+    for opt in ("--rtt", "--skip-rtt", "--big", "--no-targets", "--json", "--profile", "--skip-floors",
+                "--skip-prefetch", "--rsync-n"):
         assert opt in res.stdout

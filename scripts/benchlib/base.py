@@ -33,6 +33,7 @@ class BenchBase:
         self.mount_no = 0
         self.counts: dict[str, dict] = {}
         self.profile_summary: str | None = None
+        self.listing: list[tuple[bytes, int]] | None = None  # imapfs's .eml names and sizes in FOLDER
         self.timeout = args.timeout or max(120.0, 0.12 * args.n)
         self.src = None
         if args.imapfs_rev:
@@ -142,6 +143,16 @@ class BenchBase:
         dt, cp = run_cmd(["grep", "-rl", NEEDLE, str(d / "cur")], self.timeout)
         check_ids(ids_from_files(grep_lines(cp, "grep on the server's Maildir")), c.needles,
                   "server Maildir")
+
+    # -- what imapfs lists (the floors serve the same names and sizes)
+    def capture_listing(self, m: MountRun) -> None:
+        """The .eml names and sizes of FOLDER on a live mount (not timed)."""
+        _, cp = m.run(["find", str(m.path(FOLDER)), "-mindepth", "1", "-maxdepth", "1", "-name", "*.eml",
+                       "-printf", "%f\\0%s\\0"])
+        if cp.returncode != 0:
+            raise StepError(f"find exited {cp.returncode}: {cp.stderr.decode(errors='replace')[:300]}")
+        f = cp.stdout.split(b"\0")
+        self.listing = [(name, int(size)) for name, size in zip(f[0:-1:2], f[1::2])]
 
     def runs_note(self, times: list[float]) -> str:
         if len(times) < 2:

@@ -26,6 +26,11 @@ def parse_args(argv=None):
     p.add_argument("--big", action="store_true", help="only the 100,000-message listing check")
     p.add_argument("--big-n", type=int, default=100_000, help="messages for the listing check")
     p.add_argument("--skip-big", action="store_true", help="skip the 100,000-message listing check")
+    p.add_argument("--skip-floors", action="store_true",
+                   help="skip the trivial pyfuse3 and C filesystems (the floors of issue 12)")
+    p.add_argument("--skip-prefetch", action="store_true", help="skip imapfs prefetch of the folder")
+    p.add_argument("--rsync-n", type=int, default=2000,
+                   help="messages in the no-change rsync -a / rsync -aX pair (default 2000)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each cold measurement this many times and keep the best (default 1)")
     p.add_argument("--no-targets", action="store_true", help="exit 0 even if targets are missed")

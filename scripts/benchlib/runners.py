@@ -8,12 +8,13 @@ import time
 from .baselines import Baselines
 from .common import FOLDER, REPO, StepError, log, machine_info
 from .imap import imap_connect
+from .floors import FLOOR_KEYS, Floors
 from .imapfs_steps import ImapfsSteps
 from .proxy import LatencyProxy
 from .report import Report
 
 
-class Bench(Baselines, ImapfsSteps, Report):
+class Bench(Baselines, ImapfsSteps, Floors, Report):
     """One benchmark run (see scripts/bench.py for what it does, in order)."""
 
     def run(self) -> int:
@@ -36,7 +37,7 @@ class Bench(Baselines, ImapfsSteps, Report):
         port = self.dv.port
         if a.rtt_only:
             for k in ("imaplib_meta", "imaplib_bodies", "imaplib_big", "mbsync", "maildir_grep", "ls",
-                      "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss"):
+                      "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss", *FLOOR_KEYS):
                 r.skip(k, f"{k} (loopback)", "--rtt-only")
         else:
             self.imaplib_figures(port, "", "")
@@ -53,6 +54,8 @@ class Bench(Baselines, ImapfsSteps, Report):
                          ("fuse_grep_cold", "FUSE requests, cold grep (instrumented mount)"),
                          ("fuse_grep_warm", "FUSE requests, warm grep (instrumented mount)")):
                 r.skip(k, l, "--no-count")
+        if not a.rtt_only:
+            self.floors(port)
         rtt = f" @ {a.rtt:g} ms RTT"
         if a.skip_rtt:
             for k, l, t in (("imaplib_meta_rtt", "imaplib SELECT + UID FETCH 1:* metadata" + rtt, ""),
