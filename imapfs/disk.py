@@ -2,12 +2,15 @@
 
 Every store call runs in one worker thread (sqlite and fsync must never run
 on the trio loop). Cache updates are *write-behind*: the tree queues them
-(``later``) in the order it changed its own state, and one task applies them
-in that order, so the disk never sees a body before its folder's metadata.
-A full or broken cache disk costs the cache, never a request: failures are
-logged once and the mount goes on from memory and the server. The journal
-(offline changes) is different: :meth:`call` is awaited and its errors reach
-the writer, because a change that is not on disk must not be acknowledged.
+(:meth:`Disk.put_folder`, :meth:`Disk.put_body`, ...) in the order it changed
+its own state, and one task applies them in that order, so the disk never
+sees a body before its folder's metadata. Each update has its own typed
+method, so a renamed or mistyped store call fails the type check, not a
+mount at run time. A full or broken cache disk costs the cache, never a
+request: failures are logged once and the mount goes on from memory and the
+server. The journal (offline changes) is different: :meth:`call` is awaited
+and its errors reach the writer, because a change that is not on disk must
+not be acknowledged.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import trio
 
+from .imapproto import ListEntry
+from .records import RawMeta
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 QUEUE_BYTES = 16 * 1024 * 1024  # bodies waiting to be written; beyond, bodies are skipped (RSS)
+BATCH = 256  # consecutive bodies (or structures) written in one transaction
 
 
 class Disk:
@@ -35,17 +41,61 @@ class Disk:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._limiter = trio.CapacityLimiter(1)
-        self._queue: deque[tuple[Callable[..., Any], tuple, dict, int]] = deque()
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int]] = deque()
         self._queued_bytes = 0
         self._wakeup = trio.Event()
         self._warned: set[str] = set()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Run ``fn(*args, **kw)`` (a Store method) in the store's thread."""
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self._limiter)
+        result: T = await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self._limiter)
+        return result
 
-    def later(self, fn: Callable[..., Any], *args: Any, size: int = 0, **kw: Any) -> bool:
-        """Queue a cache update. Bodies (``size`` > 0) are dropped (False) when the queue is full."""
+    # ------------------------------------------------------------ write-behind cache updates
+
+    def put_folders(self, entries: Sequence[ListEntry]) -> None:
+        """Queue the server's folder list (replaces the stored one)."""
+        self._later(self.store.put_folders, list(entries))
+
+    def put_folder(self, name: bytes, uidvalidity: int, uidnext: int | None, highestmodseq: int | None,
+                   messages: Sequence[RawMeta], replace: bool) -> None:
+        """Queue a folder's sync state and messages (``replace``: *messages* is all of it)."""
+        self._later(self.store.put_folder, name, uidvalidity, uidnext, highestmodseq, messages, replace)
+
+    def add_messages(self, name: bytes, uidvalidity: int, metas: Sequence[RawMeta]) -> None:
+        self._later(self.store.add_messages, name, uidvalidity, metas)
+
+    def remove_messages(self, name: bytes, uidvalidity: int, uids: Sequence[int]) -> None:
+        """Queue the removal of messages (and their bodies)."""
+        self._later(self.store.remove_messages, name, uidvalidity, uids)
+
+    def set_flags(self, name: bytes, uidvalidity: int, uid: int, flags: Sequence[str]) -> None:
+        self._later(self.store.set_flags, name, uidvalidity, uid, tuple(flags))
+
+    def set_flags_many(self, name: bytes, uidvalidity: int, flags: Mapping[int, Sequence[str]]) -> None:
+        self._later(self.store.set_flags_many, name, uidvalidity, flags)
+
+    def set_sync_state(self, name: bytes, uidvalidity: int, uidnext: int | None, highestmodseq: int | None) -> None:
+        self._later(self.store.set_sync_state, name, uidvalidity, uidnext, highestmodseq)
+
+    def drop_folder(self, name: bytes, delimiter: str | bytes | None = None) -> None:
+        """Queue forgetting a folder's state and bodies (with *delimiter*, its sub-folders too)."""
+        self._later(self.store.drop_folder, name, delimiter)
+
+    def put_body(self, name: bytes, uidvalidity: int, uid: int, data: bytes) -> bool:
+        """Queue a message's bytes (written without fsync: the header makes a torn file detectable).
+
+        False if it was not queued because the bodies already waiting hold
+        :data:`QUEUE_BYTES`: the message is then simply not on disk.
+        """
+        return self._later(self.store.put_body, name, uidvalidity, uid, data, fsync=False, size=len(data))
+
+    def put_structure(self, name: bytes, uidvalidity: int, uid: int, data: bytes) -> None:
+        """Queue a message's serialised BODYSTRUCTURE (for offline ``.parts`` listings)."""
+        self._later(self.store.put_structure, name, uidvalidity, uid, data)
+
+    def _later(self, fn: Callable[..., Any], *args: Any, size: int = 0, **kw: Any) -> bool:
+        """Queue ``fn(*args, **kw)``. Bodies (``size`` > 0) are dropped (False) when the queue is full."""
         if size and self._queued_bytes + size > QUEUE_BYTES:
             return False
         self._queue.append((fn, args, kw, size))
@@ -69,7 +119,7 @@ class Disk:
             if batched is not None:
                 # Consecutive writes of one kind go to disk in one transaction.
                 batch = [args[:4]]
-                while self._queue and self._queue[0][0] == fn and len(batch) < 256:
+                while self._queue and self._queue[0][0] == fn and len(batch) < BATCH:
                     _fn, a2, _kw, s2 = self._queue.popleft()
                     self._queued_bytes -= s2
                     batch.append(a2[:4])

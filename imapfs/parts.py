@@ -249,7 +249,7 @@ class Parts:
             return  # _root asks again and degrades with a log line
         disk = self.tree.disk
         if disk is not None and m.folder.raw is not None:
-            disk.later(disk.store.put_structure, m.folder.raw, m.uidvalidity, m.uid, repr(value).encode("ascii"))
+            disk.put_structure(m.folder.raw, m.uidvalidity, m.uid, repr(value).encode("ascii"))
 
     def _dropped(self, node: Any) -> None:
         if isinstance(node, Msg):
@@ -321,7 +321,7 @@ class Parts:
             try:
                 self._structs[n.inode] = mime.parse_bodystructure(it.get(b"BODYSTRUCTURE"))
                 if disk is not None:
-                    disk.later(disk.store.put_structure, raw, uidv, uid, repr(it[b"BODYSTRUCTURE"]).encode("ascii"))
+                    disk.put_structure(raw, uidv, uid, repr(it[b"BODYSTRUCTURE"]).encode("ascii"))
             except mime.MimeError as e:
                 log.warning("%r UID %d: unusable BODYSTRUCTURE (%s); showing the message as one part", raw, uid, e)
                 self._structs[n.inode] = mime.BodyPart(section="1", size=n.size)

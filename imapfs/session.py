@@ -43,6 +43,7 @@ from .errors import (
     StaleError,
     TLSError,
 )
+from .records import RawMeta  # defined there, so the store need not import this module
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,6 @@ class Account:
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
-
-
-@dataclass
-class RawMeta:
-    """Metadata of one message as fetched, before naming."""
-
-    uid: int
-    size: int
-    internaldate: int
-    flags: tuple[str, ...]
-    subject: bytes | None
 
 
 @dataclass

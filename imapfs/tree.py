@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import cachetools
 import trio
@@ -54,6 +54,9 @@ from .errors import (
 from .imapproto import format_uid_set
 from .pending import PendingFile
 from .session import Connection, Known, Pool, RawMeta, Status, SyncResult
+
+if TYPE_CHECKING:  # tree does not import disk at run time: mount hands the Disk in
+    from .disk import Disk
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +321,9 @@ class Tree:
     def __init__(self, pool: Pool, *, revalidate: float = 5.0, mem_cache: int = 64 * 1024 * 1024,
                  notifier: Notifier | None = None, clock: Callable[[], float] = time.monotonic,
                  read_only: bool = False, trash: str | None = None, spool_dir: str | None = None,
-                 unsent_dir: str | None = None, disk: Any = None) -> None:
+                 unsent_dir: str | None = None, disk: Disk | None = None) -> None:
         self.pool = pool
-        self.disk = disk  # imapfs.disk.Disk or None: the persistent second tier of this cache
+        self.disk = disk  # the persistent second tier of this cache (None with cache_dir=none)
         self.journal: Any = None  # imapfs.offline.Journal, set by it: records changes made offline
         self._offline_noted: set[Any] = set()
         self.read_only = read_only
@@ -449,12 +452,6 @@ class Tree:
         log.info("loaded %d folders from the local cache", len(entries))
         return True
 
-    def _persist(self, fn_name: str, *args: Any, size: int = 0, **kw: Any) -> bool:
-        """Queue a cache update; False if it was dropped (no cache, or a full queue)."""
-        if self.disk is None:
-            return False
-        return self.disk.later(getattr(self.disk.store, fn_name), *args, size=size, **kw)
-
     def is_offline(self) -> bool:
         """True when a request would not even try the server (forced, or waiting to reconnect)."""
         return not self.pool.available()
@@ -483,7 +480,8 @@ class Tree:
         async with self._folders_lock:
             entries, statuses = await self.pool.run(Connection.list_status)
             self._apply_list(entries)
-            self._persist("put_folders", entries)
+            if self.disk is not None:
+                self.disk.put_folders(entries)
             self._folders_checked = self.clock()
         changed = []
         for f in self.folders():
@@ -517,7 +515,8 @@ class Tree:
                 self._folders_checked = self.clock()
                 return
             self._apply_list(entries)
-            self._persist("put_folders", entries)
+            if self.disk is not None:
+                self.disk.put_folders(entries)
             self._folders_checked = self.clock()
 
     def _apply_list(self, entries: list) -> None:
@@ -561,8 +560,8 @@ class Tree:
         for comp, child in list(folder.children.items()):
             if child.path not in seen:
                 log.info("folder %s is gone from the server", "/".join(child.path))
-                if child.raw is not None:
-                    self._persist("drop_folder", child.raw)
+                if child.raw is not None and self.disk is not None:
+                    self.disk.drop_folder(child.raw)
                 self._remove_subtree(child)
                 del folder.children[comp]
                 self._drop(child, folder.inode, comp)
@@ -629,8 +628,9 @@ class Tree:
                 self._drop_messages(folder)
                 st = FolderState(res.info.uidvalidity, res.info.uidnext, res.info.exists)
                 self._add(folder, st, res.added, persist=False)
-                self._persist("put_folder", raw, st.uidvalidity, st.uidnext, res.info.highestmodseq,
-                              res.added, replace=True)
+                if self.disk is not None:
+                    self.disk.put_folder(raw, st.uidvalidity, st.uidnext, res.info.highestmodseq,
+                                         res.added, replace=True)
                 if self.disk is not None and known is None:
                     st.on_disk = await self.disk.call(self.disk.store.body_uids, raw, st.uidvalidity)
                 if res.present is not None:
@@ -654,7 +654,8 @@ class Tree:
                         self._drop(m, folder.inode, m.name)
                 if gone:
                     log.debug("%s: %d messages gone", raw.decode("ascii", "replace"), len(gone))
-                    self._persist("remove_messages", raw, st.uidvalidity, sorted(gone))
+                    if self.disk is not None:
+                        self.disk.remove_messages(raw, st.uidvalidity, sorted(gone))
                 if res.added:
                     log.debug("%s: %d messages new", raw.decode("ascii", "replace"), len(res.added))
                 self._add(folder, st, [a for a in res.added if a.uid not in gone])
@@ -664,8 +665,8 @@ class Tree:
                     if m is not None and m.flags != fl:
                         m.flags = fl
                         changed_flags[uid] = fl
-                if changed_flags:
-                    self._persist("set_flags_many", raw, st.uidvalidity, changed_flags)
+                if changed_flags and self.disk is not None:
+                    self.disk.set_flags_many(raw, st.uidvalidity, changed_flags)
                 if res.present is not None:
                     hidden = {u for v, u in folder.hidden if v == st.uidvalidity}
                     lacking = res.present - st.msgs.keys() - hidden
@@ -678,14 +679,15 @@ class Tree:
                 st.uidnext = res.info.uidnext
             st.highestmodseq = res.info.highestmodseq
             st.checked = self.clock()
-            self._persist("set_sync_state", raw, st.uidvalidity, st.uidnext, st.highestmodseq)
+            if self.disk is not None:
+                self.disk.set_sync_state(raw, st.uidvalidity, st.uidnext, st.highestmodseq)
             if self._offline_noted:
                 self.back_online()
             return st
 
     def _add(self, folder: Folder, st: FolderState, metas: list[RawMeta], persist: bool = True) -> None:
-        if persist and metas and folder.raw is not None:
-            self._persist("add_messages", folder.raw, st.uidvalidity, list(metas))
+        if persist and metas and folder.raw is not None and self.disk is not None:
+            self.disk.add_messages(folder.raw, st.uidvalidity, list(metas))
         for meta in metas:
             if meta.uid in st.msgs or (st.uidvalidity, meta.uid) in folder.hidden:
                 continue
@@ -879,7 +881,7 @@ class Tree:
             return
         if m.uid in st.on_disk:
             return
-        if self._persist("put_body", m.folder.raw, m.uidvalidity, m.uid, data, fsync=False, size=len(data)):
+        if self.disk.put_body(m.folder.raw, m.uidvalidity, m.uid, data):
             st.on_disk.add(m.uid)
 
     def _persist_if_complete(self, m: Msg) -> None:
@@ -1129,8 +1131,8 @@ class Tree:
             del st.msgs[m.uid]
             st.uids = sorted(st.msgs)
             st.on_disk.discard(m.uid)
-            if m.folder.raw is not None:
-                self._persist("remove_messages", m.folder.raw, m.uidvalidity, [m.uid])
+            if m.folder.raw is not None and self.disk is not None:
+                self.disk.remove_messages(m.folder.raw, m.uidvalidity, [m.uid])
         for name, a in list(m.folder.aliases.items()):
             if a is m:
                 del m.folder.aliases[name]
@@ -1224,7 +1226,8 @@ class Tree:
             await self.journal.flags(m, flags)
             return
         m.flags = tuple(flags)
-        self._persist("set_flags", src, uidv, uid, tuple(flags))
+        if self.disk is not None:
+            self.disk.set_flags(src, uidv, uid, tuple(flags))
 
     # -- new files and edits -------------------------------------------------
 

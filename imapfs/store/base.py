@@ -1,0 +1,196 @@
+"""What the cache and the journal share: the errors, sqlite plumbing, files.
+
+Both halves of the store follow the same rules for errors (everything
+leaves as :class:`StoreError`), transactions (``BEGIN IMMEDIATE``, rolled
+back on any exception) and new files (written beside their final name,
+removed on any error). Only those mechanics are here; what each half
+promises about durability is in its own module.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import ImapfsError
+
+log = logging.getLogger(__name__)
+
+SQLITE_CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SQLITE_FULL = 13
+
+# test seam: the one place body and blob bytes are written
+_os_write = os.write
+
+
+class StoreError(ImapfsError):
+    """The local store failed; the message says what and where."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store is full (ENOSPC / SQLITE_FULL)."""
+
+
+class StoreLocked(StoreError):
+    """Another process (or Store object) has the cache directory open."""
+
+
+class Corrupt(Exception):
+    """A database failed its integrity check (the cache is then reset)."""
+
+
+def errcode(e: sqlite3.Error) -> int | None:
+    """The primary sqlite result code of *e*, if sqlite3 reported one."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+class Errors:
+    """Turns failures into StoreError and remembers the last one (for ``stats``).
+
+    One instance is shared by the cache and the journal of a store, so the
+    state xattr shows the last failure of either.
+    """
+
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+        self.root = root
+        self._clock = clock
+        self.last: tuple[float, str] | None = None
+
+    def note(self, msg: str) -> None:
+        self.last = (self._clock(), msg)
+
+    @contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        """Turn everything into StoreError (ENOSPC and SQLITE_FULL into StoreFull)."""
+        try:
+            yield
+        except StoreError as e:
+            self.note(str(e))
+            raise
+        except sqlite3.Error as e:
+            if errcode(e) == _SQLITE_FULL:
+                err: StoreError = StoreFull(f"{what}: the disk holding {self.root} is full ({e})")
+            else:
+                err = StoreError(f"{what}: {self.root}: {e}")
+            self.note(str(err))
+            raise err from e
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                err = StoreFull(f"{what}: the disk holding {self.root} is full ({e.strerror})")
+            else:
+                err = StoreError(f"{what}: {e.filename or self.root}: {e.strerror or e}")
+            self.note(str(err))
+            raise err from e
+        except (TypeError, ValueError, OverflowError) as e:
+            err = StoreError(f"{what}: invalid argument: {e}")
+            self.note(str(err))
+            raise err from e
+
+
+# ---------------------------------------------------------------- sqlite
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    """A WAL connection usable from any thread (callers serialise with their lock); a new file is 0600."""
+    new = not path.exists()
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={synchronous}")
+        if new:
+            os.chmod(path, 0o600)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def close_quietly(con: sqlite3.Connection | None) -> None:
+    if con is not None:
+        try:
+            con.close()
+        except sqlite3.Error:
+            pass
+
+
+@contextmanager
+def tx(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken at once (``BEGIN IMMEDIATE``), rolled back on any exception."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+
+
+# ---------------------------------------------------------------- files
+
+def mkdirs(path: Path) -> None:
+    """Create *path* and missing parents with mode 0700 (only the ones we create)."""
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # the umask may have taken bits; we want exactly 0700
+    if not path.is_dir():
+        raise StoreError(f"{path} exists and is not a directory")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new(path: Path, parts: Iterable[bytes], sync: bool) -> None:
+    """Write *parts* into a new file *path* (O_EXCL); on any error remove it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    n = _os_write(fd, view)
+                    view = view[n:]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def unlink(path: Path) -> None:
+    """Remove *path* if it is there; any other failure is logged, not raised."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("cannot remove %s: %s", path, e)
