@@ -321,14 +321,18 @@ class Floors(BenchBase):
                     raise StepError(f"prefetch exited {cp.returncode}: "
                                     f"{cp.stderr.decode(errors='replace').strip()[-300:]}")
                 # what prefetch promises: every message is in the persistent cache now
-                dt2, cp = m.run([sys.executable, "-c", COUNT_CACHED, str(m.path(FOLDER))])
-                cached = int(cp.stdout or 0) if cp.returncode == 0 else -1
-                if cached != a.n:
-                    raise StepError(f"after prefetch, {cached} of {a.n} messages are cached (user.imapfs.cached)"
-                                    f"; prefetch said: {cp.stderr.decode(errors='replace').strip()[-200:]}")
-            r.add(key, label, dt, target=target, ok=(dt <= mbs) if mbs else None,
-                  note=f"{self.corpus.total / MB / dt:.1f} MB/s; then all {a.n} cached "
-                       f"(user.imapfs.cached, checked in {fmt_s(dt2)})")
+                _, cc = m.run([sys.executable, "-c", COUNT_CACHED, str(m.path(FOLDER))])
+                if cc.returncode != 0 or not cc.stdout.strip().isdigit():
+                    raise StepError(f"counting user.imapfs.cached failed: {cc.stderr.decode(errors='replace')[-300:]}")
+                cached = int(cc.stdout)
+            note = f"{self.corpus.total / MB / dt:.1f} MB/s; "
+            if cached == a.n:
+                note += f"then all {a.n} cached (user.imapfs.cached)"
+            else:  # a figure for a job half done: shown, and failed whatever its time
+                note += f"INCOMPLETE: then only {cached} of {a.n} cached (user.imapfs.cached)"
+                log(f"  prefetch left {a.n - cached} of {a.n} messages uncached")
+            r.add(key, label, dt, target=target, ok=(dt <= mbs and cached == a.n) if mbs else cached == a.n,
+                  note=note)
         if m is not None:
             self.note_mount(m, key)
 

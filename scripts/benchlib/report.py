@@ -125,7 +125,11 @@ class Report(BenchBase):
         row(f"peak RSS / memory per message at {a.big_n}", now, "-", "<= 250 MB / <= 1536 B",
             "FAIL" if "FAIL" in res else ("PASS" if res == ("PASS", "PASS") else ""))
         x = div("prefetch", "mbsync")
-        row(f"imapfs prefetch of {a.n} / mbsync pull", f2(x), "-", "<= 1", judge(x, "<=", 1.0))
+        pf = self.r.by_key.get("prefetch")
+        if pf is not None and "INCOMPLETE" in pf["note"]:  # fast because it left messages out
+            row(f"imapfs prefetch of {a.n} / mbsync pull", f2(x) + " (incomplete)", "-", "<= 1", "FAIL")
+        else:
+            row(f"imapfs prefetch of {a.n} / mbsync pull", f2(x), "-", "<= 1", judge(x, "<=", 1.0))
         return rows
 
     def report(self) -> int:
@@ -158,7 +162,8 @@ class Report(BenchBase):
                 print(f"  {name:<52} {shown:>8}  {target:<7} {ok}")
         if targets:
             print()
-            print("targets of issue 12, each figure beside its floor (trivial filesystems with the same entries):")
+            print("targets of issue 12, each figure beside its floor (trivial filesystems serving imapfs's "
+                  ".eml names and sizes):")
             w = [max(len(t[k]) for t in targets) for k in ("figure", "now", "floor", "target")]
             for t in [{"figure": "figure", "now": "now", "floor": "floor", "target": "target", "result": "result"},
                       *targets]:
