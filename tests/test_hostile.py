@@ -6,11 +6,11 @@ RFC822.SIZE, literals of 10^20 and 2^62 bytes, lines of many MB, lines that
 never end (slow-loris), deep nesting, unparsable responses, a COPYUID or
 VANISHED naming millions of UIDs, floods on the push connection. For each,
 the user gets EIO for that message only, the mount keeps answering other
-requests, and the daemon's RSS stays under 300 MB.
+requests, and the daemon's RSS stays under 300 MB (its peak, VmHWM).
 
 Bounds (generous, for a loaded 2-core CI machine): another request answers
 within RESPONSIVE seconds while a hostile reply is in progress; the daemon
-RSS (VmRSS of the imapfs process) stays under RSS_LIMIT.
+RSS (VmHWM, the peak VmRSS, of the imapfs process) stays under RSS_LIMIT.
 """
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ GIB = 1024**3
 
 
 def rss(pid: int) -> int:
-    """Resident set size of *pid* in bytes (VmRSS)."""
+    """Peak resident set size of *pid* in bytes (VmHWM: the highest VmRSS so far, so
+    memory a reply made the daemon take and give back between two looks still counts)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError("no VmHWM")
 
 
 def mail(subject: str, body: str = "hello") -> bytes:
@@ -140,8 +141,7 @@ def hostile(tmp_path_factory):
     """One scripted server and one mount of it for the module (a mount costs about a second)."""
     srv = make_server().start()
     m = Mount(srv.url, mountpoint(tmp_path_factory.mktemp("hostile")), ["tls=off", "timeout=2"],
-              password=srv.password, allowed_errors=[r"unusable", r"over the limit", r"longer than",
-                                                     r"incomplete after", r"literal of"])
+              password=srv.password)  # and at the end: exit 0, no ERROR line, no traceback
     m.start()
     m.server = srv
     try:
@@ -251,8 +251,7 @@ def test_huge_vanished_is_not_expanded(tmp_path):
                                      b"CONDSTORE", b"QRESYNC"),
                        vanished={"Vanish": vanished}).start()
     try:
-        with Mount(srv.url, mountpoint(tmp_path), ["tls=off", "timeout=2", "poll=1"], password=srv.password,
-                   allowed_errors=[r"VANISHED"]) as m:
+        with Mount(srv.url, mountpoint(tmp_path), ["tls=off", "timeout=2", "poll=1"], password=srv.password) as m:
             assert uids(m.path("Vanish")) == [10, 3000001]
             deadline = time.monotonic() + 15
             while not any(b"QRESYNC (" in c for c in srv.commands):
