@@ -7,7 +7,8 @@ Every property asserts, for every input hypothesis makes up:
   ``ValueError``/``UnicodeEncodeError`` where codec and naming say so);
 * a time bound: no input under 1 MB takes over PER_INPUT_SECONDS (1 s) of
   CPU time (``time.thread_time``, so a loaded machine does not make it
-  flaky). The code is linear; typical inputs take well under 10 ms, so the
+  flaky; an input over it once is run again, and fails if it is over it
+  again, since a virtual machine's stolen CPU time is charged too). The code is linear; typical inputs take well under 10 ms, so the
   bound is generous and only catches the quadratic (or worse) cases like the
   old FETCH tokenizer;
 * a memory bound: what the call allocates at its peak (tracemalloc, on one
@@ -34,6 +35,7 @@ import argparse
 import base64
 import binascii
 import datetime as dt
+import functools
 import os
 import sys
 import time
@@ -101,8 +103,16 @@ def bounded(size: int, what: str) -> Iterator[None]:
         return
     if took > Stats.slowest:
         Stats.slowest, Stats.slowest_where = took, f"{what} ({size} bytes)"
-    if size < MAX_INPUT:
-        assert took < PER_INPUT_SECONDS, f"{what}: {took:.2f} s of CPU for {size} bytes"
+    if size < MAX_INPUT and took >= PER_INPUT_SECONDS:
+        raise _TooSlow(f"{what}: {took:.2f} s of CPU for {size} bytes")
+
+
+class _TooSlow(AssertionError):
+    """Over the time bound once: the property runs again, and fails if it is over it again.
+
+    CPU time is robust against other processes, but not against a hypervisor
+    stealing the virtual CPU: a superlinear cost is slow every time, steal is not.
+    """
 
 
 PROPERTIES: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
@@ -111,8 +121,14 @@ PROPERTIES: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
 def fuzz(*strategies: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register a property (for scripts/fuzz) and return it as a test under the active profile."""
     def deco(body: Callable[..., None]) -> Callable[..., None]:
-        PROPERTIES.append((body.__name__, body, strategies))
-        return settings(settings.get_profile(PROFILE))(given(*strategies)(body))
+        @functools.wraps(body)
+        def run(*args: Any, **kwargs: Any) -> None:
+            try:
+                body(*args, **kwargs)
+            except _TooSlow:
+                body(*args, **kwargs)  # the same input (all of it pure): too slow again fails
+        PROPERTIES.append((body.__name__, run, strategies))
+        return settings(settings.get_profile(PROFILE))(given(*strategies)(run))
     return deco
 
 
