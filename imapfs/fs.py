@@ -22,7 +22,7 @@ import re
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyfuse3
 import trio
@@ -32,6 +32,9 @@ from .imapproto import parse_internaldate
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
 from .tree import Folder, Msg, Tree, check_date, split_flags
+
+if TYPE_CHECKING:  # mount hands the Bulk in
+    from .bulk import Bulk
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ XATTR_DATE = b"user.imap.internaldate"
 XATTR_MIME = b"user.mime_type"
 XATTR_STATE = b"user.imapfs.state"
 XATTR_CACHED = b"user.imapfs.cached"
+# Bulk prefetch (imapfs.bulk, docs/offline.md): unlisted, asked for by name by `imapfs prefetch`.
+# getxattr, not setxattr, so that a read-only mount (where the VFS refuses setxattr) can be prefetched.
+XATTR_PREFETCH = b"user.imapfs.prefetch"  # progress of the jobs of a folder (and sub-folders) or a message's folder
+XATTR_PREFETCH_START = b"user.imapfs.prefetch.start"  # start or join those jobs; answers how many folders
+XATTR_PREFETCH_STOP = b"user.imapfs.prefetch.stop"  # stop them; answers how many were running
 XATTR_SECTION = b"user.imap.section"
 PARTS_SUFFIX = ".parts"
 MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
@@ -145,9 +153,10 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, tree: Tree, parts: Parts | None = None, *, uid: int | None = None,
                  gid: int | None = None, read_only: bool = True, file_mode: int = 0o600,
-                 dir_mode: int = 0o700) -> None:
+                 dir_mode: int = 0o700, bulk: Bulk | None = None) -> None:
         super().__init__()
         self.tree = tree
+        self.bulk = bulk  # None with cache_dir=none: nothing to prefetch into
         self.parts = parts  # None: -o noparts
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -533,6 +542,8 @@ class Operations(pyfuse3.Operations):
         node = self._xnode(inode)
         if name == XATTR_STATE and isinstance(node, Folder) and node.inode == pyfuse3.ROOT_INODE:
             return (await self.tree.state_text()).encode()
+        if name in (XATTR_PREFETCH, XATTR_PREFETCH_START, XATTR_PREFETCH_STOP) and isinstance(node, (Folder, Msg)):
+            return await self._prefetch(node, name)
         if isinstance(node, Msg):
             if name == XATTR_CACHED:  # not listed: asked for by `imapfs prefetch`
                 return b"1" if await self.tree.is_cached(node) else b"0"
@@ -556,6 +567,16 @@ class Operations(pyfuse3.Operations):
             if name == XATTR_DATE and node.date is not None:
                 return format_internaldate(node.date)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def _prefetch(self, node: Folder | Msg, name: bytes) -> bytes:
+        """The bulk prefetch xattrs: short answers to start/stop (os.getxattr may ask twice)."""
+        if self.bulk is None:
+            return b"state nocache\n"
+        if name == XATTR_PREFETCH_START:
+            return f"started {await self.bulk.start(node)}\n".encode()
+        if name == XATTR_PREFETCH_STOP:
+            return f"stopped {self.bulk.stop(node)}\n".encode()
+        return self.bulk.progress(node).encode("utf-8", "replace")
 
     @_guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from . import cli
+from .bulk import Bulk
 from .credentials import CommandCredential, Credential, FileCredential, StaticCredential
 from .disk import Disk
 from .errors import ConfigError, ConnectError, ImapfsError, TLSError
@@ -388,11 +389,12 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
             await tree.refresh_folders(force=True)
         if journal is not None:
             await journal.restore()
-        keeper = Keeper(tree, cfg.keep, cfg.poll, kept) if cfg.keep and disk is not None else None
+        bulk = Bulk(tree, disk) if disk is not None else None
+        keeper = Keeper(tree, cfg.keep, cfg.poll, kept, bulk=bulk) if cfg.keep and bulk is not None else None
         parts = None if cfg.noparts else Parts(tree)
         file_mode, dir_mode = cfg.modes
         ops = Operations(tree, parts, read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid,
-                         file_mode=file_mode, dir_mode=dir_mode)
+                         file_mode=file_mode, dir_mode=dir_mode, bulk=bulk)
         try:
             pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
         except RuntimeError as e:
@@ -408,6 +410,8 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
                 nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
                 if disk is not None:
                     nursery.start_soon(disk.writer)
+                if bulk is not None:
+                    nursery.start_soon(bulk.run)
                 if keeper is not None:
                     nursery.start_soon(keeper.run)
                 await pyfuse3.main()

@@ -528,8 +528,10 @@ class Journal:
 class Keeper:
     """``-o keep=``: folders kept complete on disk for offline use (and never evicted)."""
 
-    def __init__(self, tree: Tree, paths: list[str], poll: float, raw: set[bytes] | None = None) -> None:
+    def __init__(self, tree: Tree, paths: list[str], poll: float, raw: set[bytes] | None = None,
+                 bulk: Any = None) -> None:
         self.tree = tree
+        self.bulk = bulk  # imapfs.bulk.Bulk: batched fetches awaited into the store (issue 12)
         self.paths = [tuple(p.strip("/").split("/")) for p in paths if p.strip("/")]
         self.poll = poll
         self.raw: set[bytes] = raw if raw is not None else set()  # shared with the store's pinned()
@@ -563,6 +565,11 @@ class Keeper:
             await trio.sleep(max(5.0, self.poll))
 
     async def keep(self, f: Folder) -> None:
+        if self.bulk is not None:
+            # Reads through the tree could leave a body out (the write-behind queue skips
+            # bodies when full, and one served from memory is not written again).
+            await self.bulk.fill(f)
+            return
         st = await self.tree.sync(f)
         if st is None:
             return
