@@ -535,6 +535,22 @@ def test_tokenizer_is_linear(payload):
         assert time.perf_counter() - t < 2.0, "480 KB took %.1f s" % (time.perf_counter() - t)
 
 
+@pytest.mark.parametrize("raw", [b'"' * 600_000, b"\\" * 600_000, b"ab\\" * 300_000],
+                         ids=["quotes", "backslashes", "mixed"])
+def test_quoted_string_memory_is_linear(raw):
+    # Found by fuzzing: the quoted-string regex kept backtracking state for every
+    # escape (122 MB for these 1.2 MB), and re.sub made one piece per escape.
+    import tracemalloc
+    q = quote(raw)
+    tracemalloc.start()
+    try:
+        assert parse([q]) == [raw]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * len(q), f"{peak >> 20} MB for {len(q) >> 10} KB"
+
+
 def test_values_per_response_are_bounded(monkeypatch):
     # 1,000,000 in production (a 2-byte "()" is a 64-byte list: 8 MiB of them would
     # be 256 MB); a smaller budget here keeps the test fast, the mechanism is the same.
