@@ -169,6 +169,7 @@ def _main(argv: list[str], out: TextIO, started: list[str]) -> int:
         if not os.path.exists(p):
             out.write(f"imapfs prefetch: {p} does not exist\n")
             return 2
+    since = time.monotonic()
     watch: dict[str, str] = {}  # what to ask for progress: each folder, or one message of each folder
     for p in _targets(argv):
         try:
@@ -187,12 +188,13 @@ def _main(argv: list[str], out: TextIO, started: list[str]) -> int:
     if not watch:
         out.write("prefetch: no folders or .eml files among the paths given\n")
         return 0
-    return _follow(list(watch.values()), out, started)
+    return _follow(list(watch.values()), out, started, since)
 
 
-def _follow(targets: list[str], out: TextIO, started: list[str]) -> int:
+def _follow(targets: list[str], out: TextIO, started: list[str], since: float) -> int:
     tty = out.isatty()
     progress = Progress(0, 0, out, tty)
+    progress.start = since  # the rate counts from the request: the daemon starts at once
     announced = False
     while True:
         answers = []
@@ -213,7 +215,6 @@ def _follow(targets: list[str], out: TextIO, started: list[str]) -> int:
             announced = True
             if total["cached"]:
                 out.write(f"prefetch: {total['cached']} messages already cached\n")
-            progress.start = time.monotonic()
         if announced:
             progress.set(total["done"], total["done_bytes"], total["total"], total["bytes"])
         if not running:
