@@ -35,12 +35,23 @@ import trio
 from . import imapproto
 from .errors import ImapfsError, ProtocolError
 from .session import Account, Connection, parse_status
-from .tree import Folder, Tree, _status_differs
+from .model import Folder, status_differs
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
 IDLE_RENEW = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
-NOOP_EVERY = 10 * 60
+# NOOP on the NOTIFY connection this often.  Dovecot (2.3.19, also 2.4)
+# watches dovecot.list.index.log by inotify on the file it had at NOTIFY SET,
+# so after the log's first rotation (~62 KB of list index changes, ~330
+# APPENDs) it tells of changes only at its 30 s fallback timer; a NOOP makes
+# it look at once.  And if the log rotated three times between two looks, the
+# 2.3 process dies (signal 11 after "Failed to map view for
+# dovecot.list.index", fixed in 2.4.0 by commit d8465d7b5c): a bulk restore
+# through the mount did that every time.  Three rotations within 0.5 s need
+# twice the fastest rate measured here (0.4 s apart, ~770 APPENDs/s).
+# docs/change-tracking.md, "Dovecot NOTIFY crash"; scripts/repro_notify_crash.py.
+NOTIFY_POLL = 0.5
 HOT_SECONDS = 60.0
 TICK = 1.0
 
@@ -234,16 +245,22 @@ class PushListener:
         reader = _Reader(imap.sock)
         try:
             if self.mode == "notify":
+                # Any NOTIFY SET naming mailboxes other than the selected one
+                # (personal, subscribed, inboxes, with or without MailboxName
+                # or FlagChange, STATUS or not) crashed Dovecot 2.3.19 alike;
+                # what avoids it is the NOOP poll below (NOTIFY_POLL).
                 tag = self._send(b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))")
                 self._wait_tagged(reader, tag)
-                self.connected = True
+                self._now_connected()
                 log.debug("watching every folder with NOTIFY")
+                # Poll with NOOP (see NOTIFY_POLL): pushes stay timely and
+                # Dovecot 2.3's NOTIFY process does not crash under bulk writes.
                 last = time.monotonic()
                 while not self._stop.is_set():
-                    resp = reader.response(TICK)
+                    resp = reader.response(max(0.05, last + NOTIFY_POLL - time.monotonic()))
                     if resp is not None:
                         self._handle(resp)
-                    if time.monotonic() - last > NOOP_EVERY:
+                    if time.monotonic() - last >= NOTIFY_POLL:
                         self._wait_tagged(reader, self._send(b"NOOP"))
                         last = time.monotonic()
             else:
@@ -270,7 +287,7 @@ class PushListener:
                 raise ProtocolError(f"IDLE refused: {resp[-1]!r}")
             self._handle(resp)
         log.debug("IDLE on %r", target)
-        self.connected = True
+        self._now_connected()
         started = time.monotonic()
         while not self._stop.is_set() and self.target == target and time.monotonic() - started < IDLE_RENEW:
             resp = reader.response(TICK)
@@ -415,7 +432,7 @@ class Watcher:
                 raw = f.raw
                 assert raw is not None
                 status = await tree.pool.run(lambda c: c.status(raw))
-                if f.state is not None and _status_differs(f.state, status):
+                if f.state is not None and status_differs(f.state, status):
                     todo[raw] = f
         for raw, f in todo.items():
             if not f.gone and f.state is not None:
