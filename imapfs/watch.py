@@ -250,7 +250,18 @@ class PushListener:
                 # or FlagChange, STATUS or not) crashed Dovecot 2.3.19 alike;
                 # what avoids it is the NOOP poll below (NOTIFY_POLL).
                 tag = self._send(b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))")
-                self._wait_tagged(reader, tag)
+                try:
+                    self._wait_tagged(reader, tag)
+                except ProtocolError as e:
+                    if "refused" not in str(e):
+                        raise
+                    # Advertised but refused (Dovecot with mailbox_list_index = no answers
+                    # NO [NOTIFICATIONOVERFLOW]): watch one folder with IDLE instead of
+                    # retrying NOTIFY forever.
+                    self.mode = "idle" if "IDLE" in self._caps() else "none"
+                    log.warning("the server refused NOTIFY (%s); using %s instead", e,
+                                "IDLE" if self.mode == "idle" else "STATUS polling")
+                    raise
                 self._now_connected()
                 log.debug("watching every folder with NOTIFY")
                 # Poll with NOOP (see NOTIFY_POLL): pushes stay timely and

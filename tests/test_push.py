@@ -105,3 +105,25 @@ def test_notify_session_survives_bulk_appends(make_dovecot):
         assert listener.connected
     finally:
         _stop(listener, thread)
+
+
+def test_refused_notify_falls_back_to_idle(make_dovecot):
+    """Dovecot without mailbox_list_index advertises NOTIFY but refuses NOTIFY SET
+    (NO [NOTIFICATIONOVERFLOW]); the listener must watch with IDLE, not retry forever."""
+    d = make_dovecot(extra_config="mailbox_list_index = no\n")
+    d.create("Other")
+    account = Account(d.host, d.port, d.user, lambda kind, fresh: d.password, tls="off", timeout=10)
+    events: "queue.Queue[tuple]" = queue.Queue()
+    caps = frozenset(DOVECOT_CAPABILITIES)
+    listener = PushListener(account, lambda: caps, events.put)
+    thread = threading.Thread(target=listener.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not (listener.connected and listener.mode == "idle"):
+            assert time.monotonic() < deadline, f"no IDLE session (mode {listener.mode})"
+            time.sleep(0.05)
+        d.append("INBOX", _msg(1))
+        assert _wait_for(events, ("folder", b"INBOX"), 10.0) is not None, "IDLE did not report the new message"
+    finally:
+        _stop(listener, thread)
