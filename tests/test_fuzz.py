@@ -75,6 +75,7 @@ class Stats:
     slowest = 0.0
     slowest_where = ""
     peak = 0
+    peak_where = ""
 
 
 @contextmanager
@@ -98,7 +99,8 @@ def bounded(size: int, what: str) -> Iterator[None]:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
     if traced:
-        Stats.peak = max(Stats.peak, peak)
+        if peak > Stats.peak:
+            Stats.peak, Stats.peak_where = peak, f"{what} ({size} bytes)"
         assert peak < MEM_BASE + MEM_FACTOR * size, f"{what}: {peak >> 20} MB at peak for {size} bytes"
         return
     if took > Stats.slowest:
@@ -688,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:50} {n:8} inputs{'  CRASHED' if name in crashes else ''}")
     print(f"\ninputs tried: {Stats.inputs}\ntime: {took:.0f} s\ncrashes: {len(crashes)}\n"
           f"slowest input: {Stats.slowest:.3f} s CPU ({Stats.slowest_where})\n"
-          f"largest allocation peak: {Stats.peak / 1e6:.1f} MB")
+          f"largest allocation peak: {Stats.peak / 1e6:.1f} MB ({Stats.peak_where})")
     return 1 if crashes else 0
 
 
