@@ -62,7 +62,7 @@ MEM_FACTOR = 64
 TRACE_EVERY = 4
 
 settings.register_profile(
-    "fuzz-ci", max_examples=int(os.environ.get("IMAPFS_FUZZ_EXAMPLES", "1000")), deadline=None,
+    "fuzz-ci", max_examples=int(os.environ.get("IMAPFS_FUZZ_EXAMPLES", "800")), deadline=None,
     suppress_health_check=list(HealthCheck), print_blob=True)
 settings.register_profile(
     "fuzz-long", max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
