@@ -728,7 +728,11 @@ class Connection:
                 words = line.split()
                 for k, w in enumerate(words[:-1]):
                     if w.upper() == b"ALL":
-                        out.update(imapproto.parse_uid_set(words[k + 1]))
+                        # The folder's own EXISTS sets the bound (the default cap is for
+                        # sets a reply names in passing), within a hard 4 million.
+                        exists = self.select_info.exists if self.select_info else 0
+                        limit = min(max(imapproto.MAX_UID_SET, exists + 1024), 4_000_000)
+                        out.update(imapproto.parse_uid_set(words[k + 1], limit))
             return out
         typ, dat = self._cmd("UID SEARCH ALL", lambda i: i.uid("SEARCH", "ALL"))
         if typ != "OK":
