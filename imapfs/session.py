@@ -629,9 +629,16 @@ class Connection:
                     log.warning("%s: unreadable VANISHED reply %r; comparing UID sets instead",
                                 name.decode("ascii", "replace"), v[:80])
                     self.vanished_unreadable = True
-        for _seq, it in imapproto.parse_fetch(d for d in info.get("FETCH") or [] if d is not None):
+        bad: list = []
+        for _seq, it in imapproto.parse_fetch((d for d in info.get("FETCH") or [] if d is not None), bad):
             if isinstance(it.get(b"UID"), int) and isinstance(it.get(b"FLAGS"), list):
                 self.flag_changes[it[b"UID"]] = tuple(_flag_str(f) for f in it[b"FLAGS"] if f is not None)
+        if bad:
+            # A flag change we cannot read: the sync compares everything instead
+            # (UID set and every message's flags), so nothing stays stale.
+            log.warning("%s: %d unreadable FETCH responses in the SELECT answer; re-reading all flags",
+                        name.decode("ascii", "replace"), len(bad))
+            self.vanished_unreadable = True
         self.selected = name
         self.select_info = si
         self.changed.discard(name)
@@ -785,7 +792,7 @@ class Connection:
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
                     res.flags[uid] = tuple(_flag_str(f) for f in fl if f is not None)
-        elif verify and not condstore and info.exists:
+        elif verify and (not condstore or self.vanished_unreadable) and info.exists:
             for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
