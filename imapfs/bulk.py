@@ -38,7 +38,8 @@ import trio
 from .disk import Disk
 from .errors import ImapfsError, ProtocolError, ServerUnavailable, StaleError
 from .store import StoreError
-from .tree import CHUNK, Folder, FolderState, Msg, Tree
+from .model import CHUNK, Folder, FolderState, Msg
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOn
 from .imapproto import parse_internaldate
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
-from .tree import Folder, Msg, Tree, check_date, split_flags
+from .model import Folder, Msg, check_date, split_flags
+from .tree import Tree
 
 if TYPE_CHECKING:  # mount hands the Bulk in
     from .bulk import Bulk

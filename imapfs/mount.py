@@ -379,8 +379,7 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
     try:
         notifier = KernelNotifier()
         tree = Tree(pool, revalidate=min(5.0, cfg.poll), mem_cache=cfg.mem_cache, notifier=notifier,
-                    read_only=cfg.read_only, trash=cfg.trash, disk=disk)
-        tree.max_message = cfg.max_message
+                    read_only=cfg.read_only, trash=cfg.trash, disk=disk, max_message=cfg.max_message)
         journal = Journal(tree, disk) if disk is not None else None
         loaded = await tree.load_from_disk()
         if not pool.online and not loaded:
@@ -403,10 +402,9 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
         try:
             log.info("mounted %s on %s%s", cfg.label, cfg.mountpoint, "" if pool.online else " (offline)")
             async with trio.open_nursery() as nursery:
-                tree.nursery = nursery
+                await nursery.start(tree.run)  # read-ahead and the uploader
                 nursery.start_soon(_watch_signals)
                 nursery.start_soon(_announce_ready, cfg.mountpoint, ready, cfg.timeout)
-                nursery.start_soon(tree.uploader)
                 nursery.start_soon(Watcher(tree, account, poll=cfg.poll, hot_poll=min(2.0, cfg.poll)).run)
                 if disk is not None:
                     nursery.start_soon(disk.writer)
@@ -415,11 +413,9 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
                 if keeper is not None:
                     nursery.start_soon(keeper.run)
                 await pyfuse3.main()
-                tree.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
             NOTIFY.send("STOPPING=1")
-            tree.nursery = None
             notifier.active = False
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", cfg.mountpoint)

@@ -32,7 +32,8 @@ from .disk import Disk
 from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
 from .pending import PendingFile
 from .session import Connection
-from .tree import Folder, FolderState, Msg, Tree, check_date, check_flags
+from .model import Folder, FolderState, Msg, check_date, check_flags, without_recent
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Journal:
         self.pending = 0
         self.not_applied: list[str] = []
         self._lock = trio.Lock()
-        tree.journal = self
+        tree.attach_journal(self)
 
     # -- recording --------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class Journal:
         replaces = [p.replaces.uidvalidity, p.replaces.uid] if p.replaces is not None else None
         # Our own copies of earlier versions (stored while it was being written): removed once this is.
         earlier = [[m.folder.raw, m.uidvalidity, m.uid] for m in p.superseded if not m.gone and m.folder.raw]
-        seq = await self._record("append", {"folder": folder.raw, "flags": [f for f in flags if f.lower() != "\\recent"],
+        seq = await self._record("append", {"folder": folder.raw, "flags": list(without_recent(flags)),
                                             "date": date, "replaces": replaces, "name": p.name,
                                             "superseded": earlier}, data)
         if maybe_sent:  # the connection died during an APPEND: it may be on the server already
@@ -129,13 +130,13 @@ class Journal:
         p.journal_seq = seq
         p.mark_clean(data_gen + meta)
         if p.dirty:  # changed while it was being recorded: that version is recorded next
-            self.tree._touch(p)
+            self.tree.uploads.touch(p)
         else:
-            self.tree._pendings.discard(p)  # the journal owns it now; the uploader must not send it too
+            self.tree.uploads.untrack(p)  # the journal owns it now; the uploader must not send it too
 
     async def supersede(self, p: PendingFile) -> None:
         """Drop the journal record of an older version of *p* (a newer one is recorded or stored)."""
-        old = getattr(p, "journal_seq", None)
+        old = p.journal_seq
         if old is None:
             return
         p.journal_seq = None
@@ -181,12 +182,12 @@ class Journal:
             trash.offline_entries[m.name] = m
 
     def _show_mkdir(self, path: tuple[str, ...], raw: bytes) -> Folder:
-        node = self.tree._ensure_path(path)
+        node = self.tree.ensure_path(path)
         node.raw = raw
         node.selectable = True
         if node.state is None:
             node.state = FolderState(0, None, 0, checked=self.tree.clock())
-        node.local = True  # type: ignore[attr-defined]
+        node.local = True
         return node
 
     async def restore(self) -> None:
@@ -215,11 +216,11 @@ class Journal:
                     folder = self._folder(a["folder"])
                     data = await trio.to_thread.run_sync(e.read_blob)  # read and hashed off the loop
                     if folder is not None and data is not None:
-                        p = self.tree._pending(folder, a.get("name") or f"offline-{e.seq}.eml")
+                        p = self.tree.uploads.new_pending(folder, a.get("name") or f"offline-{e.seq}.eml")
                         await trio.to_thread.run_sync(p.write, 0, data)
                         p.mark_clean(p.generation)
                         p.journal_seq = e.seq
-                        self.tree._pendings.discard(p)
+                        self.tree.uploads.untrack(p)
                         folder.pending[p.name] = p
             except Exception as err:  # noqa: BLE001 - one odd entry must not stop the mount
                 log.warning("offline change #%d (%s) cannot be shown: %s", e.seq, e.op, describe(err))
@@ -330,7 +331,7 @@ class Journal:
             if f.raw in busy or (f.raw not in touched and not f.local):
                 continue
             for name, p in list(f.pending.items()):
-                seq = getattr(p, "journal_seq", None)
+                seq = p.journal_seq
                 if seq is not None and seq not in left_seqs and not p.dirty:
                     del f.pending[name]
                     self.tree.notifier.entry_removed(f.inode, name)

@@ -40,7 +40,9 @@ import trio
 from . import mime
 from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .session import Connection
-from .tree import CHUNK, Msg, Tree
+from .inodes import Entry
+from .model import CHUNK, Msg
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +224,13 @@ class Parts:
         self._last_struct: dict[bytes, int] = {}  # folder → last UID whose structure was loaded
         self._window: dict[bytes, int] = {}
         self._cpu_limiter = trio.CapacityLimiter(CPU_THREADS)
+        self.content = tree.content  # decoded part bytes share the message cache
+        self.inodes = tree.inodes  # part nodes get their inodes there
         self.spool = Spool(SPOOL_BUDGET, directory=tree.spool_dir)
-        tree.on_drop.append(self._dropped)
-        tree.derive = self.dir_for
-        tree.fetch_extra = "BODYSTRUCTURE"  # with every body batch: .parts listings need no extra trip
-        tree.fetch_hooks.append(self._fetched)
+        self.inodes.on_drop(self._dropped)
+        self.inodes.derive_with(self.dir_for)
+        # BODYSTRUCTURE with every body batch: .parts listings need no extra trip
+        self.content.fetch_with("BODYSTRUCTURE", self._fetched)
 
     # -- nodes ----------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class Parts:
         if disk is not None and m.folder.raw is not None:
             disk.put_structure(m.folder.raw, m.uidvalidity, m.uid, repr(value).encode("ascii"))
 
-    def _dropped(self, node: Any) -> None:
+    def _dropped(self, node: Entry) -> None:
         if isinstance(node, Msg):
             d = self._dirs.pop(node.inode, None)
             if d is not None:
@@ -266,8 +270,8 @@ class Parts:
             child.gone = True
             if isinstance(child, PartFile):
                 self.spool.discard(child.inode)
-            self.tree.discard_node(child)
-        self.tree.discard_node(d)
+            self.inodes.discard(child)
+        self.inodes.discard(d)
 
     # -- listing ----------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class Parts:
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
         disk = self.tree.disk
-        if disk is not None and (self.tree.is_offline() or self.tree._on_disk(m)):
+        if disk is not None and (self.tree.is_offline() or self.content.on_disk(m)):
             saved = await disk.call(disk.store.get_structure, raw, uidv, m.uid)
             if saved is not None:
                 try:
@@ -344,7 +348,7 @@ class Parts:
             try:
                 root = await self._root(m)
             except ServerUnavailable as e:
-                raise self.tree._offline_miss(m, e) from None
+                raise self.content.offline_miss(m, e) from None
             entries = mime.list_entries(root) if d.entry is None else d.entry.children
             sections = await self._local_sections(m, root)
             d.children = await self._build(m, entries, sections)
@@ -355,7 +359,7 @@ class Parts:
         if m.size > CHUNK:
             return {}
         try:
-            whole = await self.tree.read(m, 0, m.size)
+            whole = await self.content.read(m, 0, m.size)
         except ImapfsError:
             return {}
         return await self._cpu(len(whole), mime.split_sections, whole, root)
@@ -369,7 +373,7 @@ class Parts:
 
     def _mem_limit(self) -> int:
         """Largest part kept whole in the memory cache; bigger ones go to the spool."""
-        return min(CHUNK, self.tree.content.maxsize // 4)
+        return min(CHUNK, self.content.maxsize // 4)
 
     def _served_whole(self, f: PartFile) -> bool:
         return f.mode == "decoded" or (f.size is not None and f.size <= CHUNK)
@@ -379,7 +383,7 @@ class Parts:
         if not self._served_whole(f):
             return  # read in ranges from the server
         if len(data) <= self._mem_limit():
-            self.tree._store((f.inode, 0), data)
+            self.content.put((f.inode, 0), data)
             return
         try:
             await self.spool.put(f.inode, data)
@@ -419,7 +423,7 @@ class Parts:
                 else:  # an attached message sent base64: decode it like any part
                     out.extend(await self._decoded(m, e, raw if raw is not None else fetched.get(e.section)))
                 sub = PartsDir(m, e)
-                self.tree._alloc(sub)
+                self.inodes.alloc(sub)
                 out.append((e.dir_name or e.name + ".parts", sub))
                 continue
             if e.section in sizes:
@@ -458,7 +462,7 @@ class Parts:
 
     def _file(self, m: Msg, e: mime.PartEntry, name: str, mode: str, size: int | None) -> PartFile:
         f = PartFile(m, e, name, mode, size)
-        self.tree._alloc(f)
+        self.inodes.alloc(f)
         return f
 
     async def ensure_size(self, f: PartFile) -> None:
@@ -562,13 +566,13 @@ class Parts:
         if self._served_whole(f):
             if f.size > self._mem_limit():  # decoded once into the spool, read from there
                 return await self.spool.read_or_make(f.inode, offset, end - offset, lambda: self._whole(f))
-            data = await self.tree.cached((f.inode, 0), lambda: self._whole(f))
+            data = await self.content.cached((f.inode, 0), lambda: self._whole(f))
             return data[offset:end]
         out = []
         pos = offset
         while pos < end:
             idx = pos // CHUNK
-            chunk = await self.tree.cached((f.inode, idx), lambda idx=idx: self._range(f, idx * CHUNK, CHUNK))
+            chunk = await self.content.cached((f.inode, idx), lambda idx=idx: self._range(f, idx * CHUNK, CHUNK))
             piece = chunk[pos - idx * CHUNK: end - idx * CHUNK]
             if not piece:
                 log.error("%r UID %d part %s: the server sent fewer bytes than it announced (%d)",

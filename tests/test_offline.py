@@ -492,7 +492,7 @@ def test_a_write_made_while_the_journal_records_a_file_is_recorded_too():
         tree = Tree(Pool())
         disk = Disk()
         Journal(tree, disk)
-        folder = tree._ensure_path(("A",))
+        folder = tree.ensure_path(("A",))
         folder.raw, folder.selectable = b"A", True
         p = tree.create_file(folder, "x.eml")
         await tree.write_pending(p, 0, b"v1")
@@ -501,10 +501,10 @@ def test_a_write_made_while_the_journal_records_a_file_is_recorded_too():
             await disk.recording.wait()  # the record of v1 is being written
             await tree.write_pending(p, 2, b"v2")
             disk.gate.set()
-        assert p.dirty and p in tree._pendings  # v2 is still owed
+        assert p.dirty and tree.uploads.tracked(p)  # v2 is still owed
         await tree.commit(p)
         assert disk.store.blobs == {1: b"v1", 2: b"v1v2"}
         assert disk.store.skipped == [1]  # superseded by the record of the last version
-        assert not p.dirty and p not in tree._pendings
+        assert not p.dirty and not tree.uploads.tracked(p)
 
     trio.run(main)

@@ -191,7 +191,7 @@ def _run_bulk(tmp_path: Path, conn: _Conn, max_bytes: int = 1 << 30, in_memory: 
             folder = tree.root.children["Box"]
             st = await tree.sync(folder)
             for uid, data in (in_memory or {}).items():
-                tree.content[(st.msgs[uid].inode, 0)] = data
+                tree.content.put((st.msgs[uid].inode, 0), data)
             job = await Bulk(tree, disk).fill(folder)
             out["job"] = job
             out["stored"] = {u: store.get_body(b"Box", 7, u) for u in conn.bodies}

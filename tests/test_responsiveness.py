@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from imapfs.session import RawMeta
-from imapfs.tree import Folder, FolderState, Msg, MsgTable, Tree
+from imapfs.model import Folder, FolderState, Msg, MsgTable
+from imapfs.tree import Tree
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
 

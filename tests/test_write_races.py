@@ -27,7 +27,7 @@ import pytest
 from imapfs.fs import parse_date_xattr
 from imapfs.errors import InvalidArgument
 from imapfs.offline import message_id
-from imapfs.tree import _FLAG
+from imapfs.model import _FLAG
 from tests.support import dovecot as dv
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
@@ -344,7 +344,8 @@ def test_uploader_sets_aside_a_file_that_fails_with_anything(tmp_path):
     REFUSED_APPEND_TRIES the bytes are saved to unsent/, not retried forever."""
     import trio
 
-    from imapfs.tree import REFUSED_APPEND_TRIES, Tree
+    from imapfs.tree import Tree
+    from imapfs.uploads import REFUSED_APPEND_TRIES
 
     class Pool:
         capabilities = frozenset({"UIDPLUS"})
@@ -360,13 +361,13 @@ def test_uploader_sets_aside_a_file_that_fails_with_anything(tmp_path):
 
     async def main() -> None:
         tree = Tree(Pool(), unsent_dir=str(tmp_path / "unsent"))
-        folder = tree._ensure_path(("A",))
+        folder = tree.ensure_path(("A",))
         folder.raw, folder.selectable = b"A", True
         p = tree.create_file(folder, "x.eml")
         await tree.write_pending(p, 0, b"Subject: x\r\n\r\nbody\r\n")
         for _ in range(REFUSED_APPEND_TRIES):
             assert not p.gone
-            await tree._commit_logged(p)
+            await tree.uploads._commit_logged(p)
         assert p.gone and "x.eml" not in folder.pending
         assert Pool.calls == REFUSED_APPEND_TRIES
         (saved,) = (tmp_path / "unsent").glob("unsent-*.eml")
