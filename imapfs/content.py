@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
 Key = tuple[int, int]  # (inode, chunk index)
-FetchHook = Callable[[Msg, dict], None]
+FetchHook = Callable[[Msg, dict[bytes, object]], None]
 
 
 
@@ -55,7 +55,7 @@ class Content:
         self.notes = notes
         self.notifier = notifier
         self.clock = clock
-        self.lru: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(1, mem_cache), getsizeof=len)
+        self.lru: cachetools.LRUCache[Key, bytes] = cachetools.LRUCache(maxsize=max(1, mem_cache), getsizeof=len)
         self._inflight: dict[Key, _Fetch] = {}
         self._nursery: trio.Nursery | None = None  # for read-ahead, while run() runs
         self._fetch_extra = ""  # FETCH items asked along with bodies (parts asks for BODYSTRUCTURE)
@@ -84,7 +84,8 @@ class Content:
 
     def get(self, key: Key) -> bytes | None:
         """Bytes in memory for *key*, or None (no fetch, no wait)."""
-        return self.lru.get(key)
+        data: bytes | None = self.lru.get(key)
+        return data
 
     def __contains__(self, key: Key) -> bool:
         return key in self.lru

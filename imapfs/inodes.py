@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import NotFound
-from .model import MSG_INODE_BIT, PENDING_INODE_BASE, ROOT_INODE, Folder, Msg, Notifier, key_hash, stable_inode
+from .model import MSG_INODE_BIT, PENDING_INODE_BASE, ROOT_INODE, Folder, Msg, NodeKey, Notifier, key_hash, stable_inode
 
 _BUCKET_MASK = (1 << 28) - 1
 
@@ -26,7 +26,7 @@ class Entry(Protocol):
     inode: int
     gone: bool
 
-    def key(self) -> tuple: ...
+    def key(self) -> NodeKey: ...
 
 
 class Inodes:
@@ -35,8 +35,8 @@ class Inodes:
     def __init__(self, root: Folder, notifier: Notifier) -> None:
         self.notifier = notifier
         self._table: dict[int, Entry] = {ROOT_INODE: root}
-        self._buckets: dict[tuple, int] = {}
-        self._bucket_keys: dict[int, tuple] = {}
+        self._buckets: dict[tuple[tuple[str, ...], int], int] = {}
+        self._bucket_keys: dict[int, tuple[tuple[str, ...], int]] = {}
         self._lookups: dict[int, int] = {}
         self._next_pending = PENDING_INODE_BASE
         self._derive: Callable[[Msg], Entry] | None = None

@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
@@ -35,6 +35,7 @@ PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not ma
 # order is UID order: GNU grep/fts walk directories of more than 10,000 entries in inode order,
 # and read-ahead only works when that order is the folder's.
 MSG_INODE_BIT = 1 << 61
+NodeKey = tuple[object, ...]  # what names a node for good: ("F", path), ("M", path, UIDVALIDITY, UID), ...
 # A flag we may send: a system flag, or a keyword, which is an atom (RFC 3501 flag-keyword = atom):
 # 1*ATOM-CHAR, any CHAR (US-ASCII 1-127) except ( ) { SP CTL % * " \ ]. "[" is an ATOM-CHAR.
 # \Recent is the server's alone (dropped before sending).
@@ -92,12 +93,12 @@ class NullNotifier:
         pass
 
 
-def key_hash(key: tuple) -> int:
+def key_hash(key: NodeKey) -> int:
     return int.from_bytes(hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=8).digest(),
                           "little")
 
 
-def stable_inode(key: tuple) -> int:
+def stable_inode(key: NodeKey) -> int:
     """An inode below MSG_INODE_BIT from *key*, the same on every mount (backups compare inodes)."""
     h = key_hash(key) & (MSG_INODE_BIT - 1)
     return h if h > 1024 else h + 1024
@@ -124,7 +125,7 @@ class Msg:
     def name(self) -> str:
         return self.stem + ".eml"
 
-    def key(self) -> tuple:
+    def key(self) -> NodeKey:
         return ("M", self.folder.path, self.uidvalidity, self.uid)
 
 
@@ -143,7 +144,7 @@ def _stem(meta: RawMeta) -> str:
     return naming.message_stem(meta.uid, when, naming.decode_subject(meta.subject))
 
 
-class MsgTable(dict):
+class MsgTable(dict[int, "Msg"]):
     """UID → Msg that keeps the sum of the messages' sizes as it changes, so that
     statfs costs O(folders) instead of a walk of every message on the trio loop."""
 
@@ -181,7 +182,7 @@ class MsgTable(dict):
         super().clear()
         self.bytes = 0
 
-    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kw: Any) -> None:
         for uid, m in dict(*args, **kw).items():
             self[uid] = m
 
@@ -258,7 +259,7 @@ class Folder:
     def name(self) -> str:
         return self.path[-1] if self.path else ""
 
-    def key(self) -> tuple:
+    def key(self) -> NodeKey:
         return ("F", self.path)
 
 
@@ -271,13 +272,13 @@ class OfflineNotes:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self._noted: set[Any] = set()
+        self._noted: set[Hashable] = set()
 
     def is_offline(self) -> bool:
         """True when a request would not even try the server (forced, or waiting to reconnect)."""
         return not self.pool.available()
 
-    def note(self, key: Any, what: str) -> None:
+    def note(self, key: Hashable, what: str) -> None:
         """One log line per *key* (not per file) while the server is away."""
         if key in self._noted:
             return

@@ -47,7 +47,8 @@ from .model import (
     status_differs,
 )
 from .pending import PendingFile
-from .session import Connection, Known, Pool, RawMeta, SyncResult
+from .records import RawMeta
+from .session import Connection, Known, Pool, SyncResult
 from .uploads import DEFAULT_MAX_MESSAGE, Uploads
 from .writes import Writes
 

@@ -262,7 +262,8 @@ class Uploads:
         folder, where, size = sent
         # The version sent is marked stored; the rest runs to its end (shielded).
         with trio.CancelScope(shield=True):
-            return await self._stored(p, folder, where, size)
+            new = await self._stored(p, folder, where, size)
+        return new
 
     async def _stored(self, p: PendingFile, folder: Folder, where: tuple[int, int] | None,
                       size: int) -> Msg | None:
