@@ -46,7 +46,6 @@ from .model import (
     OfflineNotes,
     status_differs,
 )
-from .pending import PendingFile
 from .records import RawMeta
 from .session import Connection, Known, Pool, SyncResult
 from .uploads import DEFAULT_MAX_MESSAGE, Uploads
@@ -55,6 +54,7 @@ from .writes import Writes
 if TYPE_CHECKING:  # tree does not import disk or offline at run time: the mount hands them in
     from .disk import Disk
     from .offline import Journal
+    from .pending import PendingFile
 
 log = logging.getLogger(__name__)
 
