@@ -264,6 +264,7 @@ class Connection:
         self.capabilities: frozenset[str] = frozenset()
         self.selected: bytes | None = None
         self.select_info: SelectInfo | None = None
+        self.greeting = ""
         self.broken = False
         self.qresync = False  # ENABLE QRESYNC done: SELECT can report what vanished
         self.vanished: set[int] = set()
@@ -296,6 +297,8 @@ class Connection:
         except Exception as e:  # noqa: BLE001 - a greeting imaplib could not digest
             raise ConnectError(f"cannot connect to {a.host}:{a.port}: unusable greeting ({type(e).__name__})") from None
         self.imap = imap
+        welcome = getattr(imap, "welcome", b"")
+        self.greeting = welcome.decode("utf-8", "replace")[:200] if isinstance(welcome, bytes) else ""
         try:
             if a.tls == "starttls":
                 self._starttls(ctx)
@@ -1172,6 +1175,7 @@ class Pool:
         self.capabilities: frozenset[str] = frozenset()
         self.online = False
         self.forced_offline = False  # -o offline: never connect
+        self.greeting = ""  # the server's greeting (run_list tells Dovecot by it)
 
     def available(self) -> bool:
         """Would a request try the server now (online, or the backoff delay is over)?"""
@@ -1188,6 +1192,7 @@ class Pool:
         conn = self._factory(self.account)
         await trio.to_thread.run_sync(conn.open, limiter=self._limiter)
         self.capabilities = conn.capabilities
+        self.greeting = conn.greeting
         self._idle.append(conn)
         self.online = True
 
@@ -1222,6 +1227,7 @@ class Pool:
         self.online = True
         self._delay = 0.0
         self.capabilities = conn.capabilities
+        self.greeting = conn.greeting
         return conn
 
     def _failed(self, why: str) -> None:
@@ -1233,15 +1239,20 @@ class Pool:
         self.online = False
 
     async def run(self, fn: Callable[[Connection], T], folder: bytes | None = None,
-                  retry: bool = True) -> T:
+                  retry: bool = True, new: bool = False) -> T:
         """Run ``fn(connection)`` in a worker thread.
 
         *retry*: when the connection turns out to be dead (server restart,
         idle timeout), run *fn* once more on a fresh connection. Only for
         commands that are safe to repeat; writes pass ``retry=False``.
+        *new*: run it on a newly opened connection (it then replaces the
+        oldest idle one); see ``run_list``.
         """
         async with self._slots:
-            conn = self._checkout(folder)
+            conn = None if new else self._checkout(folder)
+            if conn is None and new and len(self._idle) >= self.size:
+                old = self._idle.pop(0)
+                await trio.to_thread.run_sync(old.close, limiter=self._limiter)
             fresh = conn is None
             if conn is None:
                 conn = await self._connect()
@@ -1261,6 +1272,22 @@ class Pool:
                     continue
                 self._idle.append(conn)
                 return result
+
+    async def run_list(self, fn: Callable[[Connection], T]) -> T:
+        """Run a LIST on a connection whose view of the folder list is current.
+
+        Dovecot 2.3 (maildir, mailbox_list_index) keeps a per-process view of
+        the folder list that a LIST in the same second as another client's
+        CREATE/RENAME/DELETE can freeze: that connection's LIST then shows the
+        old folders for as long as we measured (15 s+), while a new connection
+        shows the truth. So against Dovecot every LIST runs on a new
+        connection (one login; it then serves as a pooled one).
+        """
+        return await self.run(fn, new=self.fresh_lists)
+
+    @property
+    def fresh_lists(self) -> bool:
+        return "dovecot" in self.greeting.lower()
 
     async def probe(self) -> bool:
         """Is the server there right now? A NOOP on a pooled connection (or a new one).

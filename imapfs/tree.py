@@ -162,7 +162,7 @@ class Tree:
     async def poll_all(self) -> list[Folder]:
         """One round over every folder: LIST (with STATUS where the server can) → folders that changed."""
         async with self._folders_lock:
-            entries, statuses = await self.pool.run(Connection.list_status)
+            entries, statuses = await self.pool.run_list(Connection.list_status)
             self._apply_list(entries)
             if self.disk is not None:
                 self.disk.put_folders(entries)
@@ -191,7 +191,7 @@ class Tree:
             if not force and self.clock() - self._folders_checked < self.revalidate:
                 return
             try:
-                entries = await self.pool.run(Connection.list_folders)
+                entries = await self.pool.run_list(Connection.list_folders)
             except ServerUnavailable:
                 if not self.root.children:
                     raise
@@ -391,7 +391,15 @@ class Tree:
         parent.last_used = self.clock()
         child = parent.children.get(name)
         if child is not None:
-            return child
+            # A folder another client deleted is told by no push when NOTIFY was deaf
+            # or its LIST came a moment too early (Dovecot drops an implied parent
+            # lazily): revalidate the folder list like a listing does (every
+            # ``revalidate`` s at most), so a lookup never keeps a folder forever.
+            await self.refresh_folders()
+            child = parent.children.get(name)
+            if child is not None:
+                return child
+            raise NotFound(name)
         p = parent.pending.get(name)
         if p is not None:
             return p

@@ -41,17 +41,17 @@ from .tree import Tree
 log = logging.getLogger(__name__)
 
 IDLE_RENEW = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
-# NOOP on the NOTIFY connection this often.  Dovecot (2.3.19, also 2.4)
-# watches dovecot.list.index.log by inotify on the file it had at NOTIFY SET,
-# so after the log's first rotation (~62 KB of list index changes, ~330
-# APPENDs) it tells of changes only at its 30 s fallback timer; a NOOP makes
-# it look at once.  And if the log rotated three times between two looks, the
-# 2.3 process dies (signal 11 after "Failed to map view for
-# dovecot.list.index", fixed in 2.4.0 by commit d8465d7b5c): a bulk restore
-# through the mount did that every time.  Three rotations within 0.5 s need
-# twice the fastest rate measured here (0.4 s apart, ~770 APPENDs/s).
+# NOOP on the NOTIFY connection this often: rarely. Dovecot 2.3.19's NOTIFY
+# process goes deaf after its list index log rotates (~330 APPENDs) until its
+# 30 s timer, and dies (signal 11, "Failed to map view for dovecot.list.index",
+# fixed in 2.4.0 by commit d8465d7b5c) if the log rotated three times by then.
+# A NOOP every 0.5 s avoided both, but it made the server's LIST stale for
+# every client: a folder another client renamed kept its old name in LIST for
+# as long as we measured (40 s+), a worse failure than a crash we recover from
+# (reconnect + verify round). So: no fast NOOP; folders in use are STATUS-polled
+# even while NOTIFY runs (covers()), which bounds the deafness for them.
 # docs/change-tracking.md, "Dovecot NOTIFY crash"; scripts/repro_notify_crash.py.
-NOTIFY_POLL = 0.5
+NOTIFY_POLL = 10 * 60
 HOT_SECONDS = 60.0
 TICK = 1.0
 
@@ -169,7 +169,9 @@ class PushListener:
         """Does a live push session report changes of *folder*? (Not while reconnecting.)"""
         if not self.connected:
             return False
-        return self.mode == "notify" or (self.mode == "idle" and folder == self.target)
+        # Not NOTIFY: Dovecot 2.3's NOTIFY can go deaf for 30 s (see NOTIFY_POLL), so
+        # folders in use keep their STATUS polling; NOTIFY still covers the rest.
+        return self.mode == "idle" and folder == self.target
 
     def stop(self) -> None:
         self._stop.set()
@@ -248,7 +250,8 @@ class PushListener:
                 # Any NOTIFY SET naming mailboxes other than the selected one
                 # (personal, subscribed, inboxes, with or without MailboxName
                 # or FlagChange, STATUS or not) crashed Dovecot 2.3.19 alike;
-                # what avoids it is the NOOP poll below (NOTIFY_POLL).
+                # imapfs recovers from that crash by reconnecting and comparing
+                # (see NOTIFY_POLL for why it does not poll fast instead).
                 tag = self._send(b"NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName))")
                 try:
                     self._wait_tagged(reader, tag)
@@ -264,11 +267,10 @@ class PushListener:
                     raise
                 self._now_connected()
                 log.debug("watching every folder with NOTIFY")
-                # Poll with NOOP (see NOTIFY_POLL): pushes stay timely and
-                # Dovecot 2.3's NOTIFY process does not crash under bulk writes.
+                # A NOOP now and then keeps the connection alive (see NOTIFY_POLL).
                 last = time.monotonic()
                 while not self._stop.is_set():
-                    resp = reader.response(max(0.05, last + NOTIFY_POLL - time.monotonic()))
+                    resp = reader.response(TICK)
                     if resp is not None:
                         self._handle(resp)
                     if time.monotonic() - last >= NOTIFY_POLL:
