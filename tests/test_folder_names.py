@@ -21,24 +21,15 @@ import os
 import re
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
+from tests.test_write import eventually
 
 
-def eventually(fn, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {fn}")
-        time.sleep(interval)
 
 
 def wire_folders(d: Dovecot) -> set[bytes]:

@@ -29,18 +29,18 @@ def _msg(i: int) -> bytes:
             f"Message-ID: <bulk-{i}@example.org>\r\n\r\nbody {i}\r\n").encode()
 
 
-def _start(d) -> tuple[PushListener, threading.Thread, "queue.Queue[tuple]"]:
+def _start(d, mode: str = "notify", timeout: float = 10) -> tuple[PushListener, threading.Thread, "queue.Queue[tuple]"]:
+    """A live PushListener on *d*, once its session runs in *mode*."""
     account = Account(d.host, d.port, d.user, lambda kind, fresh: d.password, tls="off", timeout=10)
     events: "queue.Queue[tuple]" = queue.Queue()
     caps = frozenset(DOVECOT_CAPABILITIES)
     listener = PushListener(account, lambda: caps, events.put)
     thread = threading.Thread(target=listener.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not listener.connected:
-        assert time.monotonic() < deadline, "push listener did not connect"
+    deadline = time.monotonic() + timeout
+    while not (listener.connected and listener.mode == mode):
+        assert time.monotonic() < deadline, f"no {mode} session (mode {listener.mode})"
         time.sleep(0.02)
-    assert listener.mode == "notify"
     return listener, thread, events
 
 
@@ -67,17 +67,8 @@ def test_refused_notify_falls_back_to_idle(make_dovecot):
     (NO [NOTIFICATIONOVERFLOW]); the listener must watch with IDLE, not retry forever."""
     d = make_dovecot(extra_config="mailbox_list_index = no\n")
     d.create("Other")
-    account = Account(d.host, d.port, d.user, lambda kind, fresh: d.password, tls="off", timeout=10)
-    events: "queue.Queue[tuple]" = queue.Queue()
-    caps = frozenset(DOVECOT_CAPABILITIES)
-    listener = PushListener(account, lambda: caps, events.put)
-    thread = threading.Thread(target=listener.run, daemon=True)
-    thread.start()
+    listener, thread, events = _start(d, mode="idle", timeout=15)
     try:
-        deadline = time.monotonic() + 15
-        while not (listener.connected and listener.mode == "idle"):
-            assert time.monotonic() < deadline, f"no IDLE session (mode {listener.mode})"
-            time.sleep(0.05)
         d.append("INBOX", _msg(1))
         assert _wait_for(events, ("folder", b"INBOX"), 10.0) is not None, "IDLE did not report the new message"
     finally:
