@@ -834,6 +834,22 @@ class Connection:
         self._check("LIST RETURN (STATUS)", typ, dat)
         return imapproto.parse_list(d for d in lists if d is not None), dict(parse_status(statuses))
 
+    def fetch_new_meta(self, name: bytes, uidvalidity: int, uid: int) -> list[RawMeta]:
+        """Metadata of a message another connection just stored (APPENDUID, COPYUID).
+
+        A connection that already has *name* selected may not see it yet (Dovecot
+        shows a new message to a selected mailbox only once that session syncs), so
+        if the answer leaves it out, select afresh and ask again.
+        """
+        self.ensure_selected(name, uidvalidity)
+        metas = self.fetch_meta(str(uid))
+        if any(m.uid == uid for m in metas):
+            return metas
+        info = self.select(name)
+        if info.uidvalidity != uidvalidity:
+            raise StaleError(f"UIDVALIDITY of {name.decode('ascii', 'replace')} changed")
+        return self.fetch_meta(str(uid))
+
     def fetch_meta(self, uidset: str) -> list[RawMeta]:
         out: list[RawMeta] = []
         for uid, it in self.uid_fetch(uidset, META_ITEMS):

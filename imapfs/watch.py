@@ -420,7 +420,7 @@ class Watcher:
         todo: dict[bytes, Folder] = {}
         by_raw = {f.raw: f for f in tree.folders() if f.raw is not None}
         dirty |= tree.pool.changed_folders()
-        if tree.journal is not None and tree.journal.pending > 0:
+        if tree.journal is not None and tree.journal.due:
             await tree.journal.replay()  # before any sync, so the server's state includes our changes
         for raw in dirty:
             f = by_raw.get(raw)

@@ -109,8 +109,7 @@ class Writes:
         if uid in st.msgs:
             return st.msgs[uid]
         try:
-            metas = await self.pool.run(lambda c: (c.ensure_selected(raw, uidv), c.fetch_meta(str(uid)))[1],
-                                        folder=raw)
+            metas = await self.pool.run(lambda c: c.fetch_new_meta(raw, uidv, uid), folder=raw)
         except BaseException:
             st.verified = False  # the next sync compares UID sets and finds it
             st.checked = 0.0

@@ -28,6 +28,7 @@ def test_soak_mount_converges_to_the_server_and_loses_no_mail(tmp_path):
     print(f"soak seed {SEED} (IMAPFS_SOAK_SEED=... to change)")
     r = run_soak(SoakConfig(seed=SEED, max_ops=OPS, max_seconds=SECONDS, quiet_every=70,
                             op_timeout=30.0, stop_on_divergence=True, workdir=tmp_path / "soak",
+                            debug=bool(os.environ.get("IMAPFS_SOAK_DEBUG")),
                             out=lambda s: print(s, flush=True)))
     print(r.summary())
     how = (f"\n--- operation log tail (seed {SEED}; rerun with IMAPFS_SOAK_SEED={SEED}) ---\n"

@@ -208,3 +208,27 @@ def test_refused_append_is_saved_not_retried_forever(tmp_path):
         saved = list((cache / "imapfs" / "unsent").glob("unsent-*.eml"))
         assert len(saved) == 1 and saved[0].read_bytes() == b""
         assert message_ids(d, "INBOX") == []
+
+
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "close"])
+def test_append_cut_then_replayed_shows_the_server_names_only(rig, fsync):
+    """After the journaled APPEND is replayed, the listing shows the stored message
+    under its real name, not the writer's name as well (found by the soak test)."""
+    d, proxy, m = rig(capabilities=dv.FULL)
+    cut = proxy.cut_when(b"APPEND", forward=False)
+    with open(m.path("INBOX", "new.eml"), "wb") as f:
+        f.write(msg("replayed"))
+        f.flush()
+        if fsync:
+            try:
+                os.fsync(f.fileno())
+            except OSError:
+                pass  # without a cache the cut APPEND would be EIO; with one it is journaled
+    eventually(lambda: cut.fired == 1, timeout=20)
+    eventually(lambda: message_ids(d, "INBOX") == ["replayed"], timeout=20)
+
+    def listing_is_the_servers() -> bool:
+        names = sorted(p.name for p in m.path("INBOX").glob("*.eml"))
+        return len(names) == 1 and names[0].endswith(f"#{next(iter(d.fetch_all('INBOX')))}.eml")
+
+    eventually(listing_is_the_servers, timeout=20)
