@@ -141,7 +141,13 @@ class Uploads:
                 self.discard(p)  # opened for writing, nothing written
 
     def touch(self, p: PendingFile) -> None:
-        """Restart the quiet period (rsync's utimens/setxattr/rename follow the close)."""
+        """Restart the quiet period (rsync's utimens/setxattr/rename follow the close).
+
+        A dirty file is (again) the uploader's: a journaled one that gets a new date or
+        flags after its record must be stored or recorded again (the soak test found
+        such a file shown under its writer's name for good)."""
+        if p.dirty and not p.gone:
+            self._work.add(p)
         if p.opens == 0 and p.dirty:
             p.ready_at = self.clock() + APPEND_QUIET
             self._wakeup.set()

@@ -508,3 +508,26 @@ def test_a_write_made_while_the_journal_records_a_file_is_recorded_too():
         assert not p.dirty and not tree.uploads.tracked(p)
 
     trio.run(main)
+
+
+def test_offline_file_given_a_date_after_its_record_is_stored_and_leaves_the_listing(rig):
+    """`cp -p` offline: the file is recorded at close, then utime gives it a date. That
+    change must be stored too, and once the server is back the listing shows only the
+    server's message (the soak test found the writer's name shown for good)."""
+    rig.d.create("Dated")
+    m = rig.mount(allowed=[SERVER_AWAY])
+    os.listdir(m.path("Dated"))
+    rig.server_away()
+    p = m.path("Dated", "copied.eml")
+    p.write_bytes(msg("dated", "dated offline"))
+    eventually(lambda: pending(m) >= 1, timeout=15)  # recorded at close
+    when = 1_500_000_000
+    os.utime(p, (when, when))
+    rig.server_back()
+    eventually(lambda: message_ids(rig.d, "Dated") == ["dated"], timeout=30)
+
+    def only_the_servers() -> bool:
+        names = [q.name for q in emls(m, "Dated")]
+        return len(names) == 1 and names[0] != "copied.eml" and names[0].startswith("2017-07-14_")
+
+    eventually(only_the_servers, timeout=30)
