@@ -280,7 +280,7 @@ def test_colliding_server_names_each_get_their_own_directory(twins, tmp_path):
     inodes = {}
     mp = tmp_path / "mnt"
     mp.mkdir()
-    with Mount(url, mp, ["tls=off", "poll=1"], password=d.password) as m:
+    with Mount(url, mp, ["tls=off", "poll=1"], password=d.password):
         assert sorted(os.listdir(mp)) == sorted(names)
         assert _only_message(mp / "AT&T") == msg("m-amp")
         assert _only_message(mp / "AT&T #raw") == msg("m-raw-amp")

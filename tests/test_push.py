@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 
-import pytest
 
 from imapfs.session import Account
 from imapfs.watch import PushListener
