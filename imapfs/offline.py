@@ -114,15 +114,7 @@ class Journal:
         Only the version recorded is marked clean: a write made while the record is
         being written keeps the file dirty, and the uploader records it again (the new
         record supersedes this one).
-
-        Under the replay lock: a replay that ran between the record and
-        ``p.journal_seq`` (there are awaits in between) stored the file but could not
-        tell its writer's name was done, and showed that name for good (soak test).
         """
-        async with self._lock:
-            await self._append(p, maybe_sent)
-
-    async def _append(self, p: PendingFile, maybe_sent: bool) -> None:
         data, data_gen = await trio.to_thread.run_sync(p.data_and_generation)  # a big file: off the loop
         meta = p.meta_generation
         folder = p.folder
@@ -134,23 +126,28 @@ class Journal:
         seq = await self._record("append", {"folder": folder.raw, "flags": list(without_recent(flags)),
                                             "date": date, "replaces": replaces, "name": p.name,
                                             "superseded": earlier}, data)
-        if maybe_sent:  # the connection died during an APPEND: it may be on the server already
-            await self.disk.call(self.store.journal_started, seq)
-        await self.supersede(p)  # an earlier record of this file (written or renamed since) is void
+        # No await between the record and the file knowing its seq: a replay that ran in
+        # between would store the file without seeing that its writer's name is done.
+        old_seq, p.journal_seq = p.journal_seq, seq
         p.superseded.clear()
-        p.journal_seq = seq
         p.mark_clean(data_gen + meta)
         if p.dirty:  # changed while it was being recorded: that version is recorded next
             self.tree.uploads.touch(p)
         else:
             self.tree.uploads.untrack(p)  # the journal owns it now; the uploader must not send it too
+        if maybe_sent:  # the connection died during an APPEND: it may be on the server already
+            await self.disk.call(self.store.journal_started, seq)
+        await self._supersede_seq(old_seq)  # an earlier record of this file is void
 
     async def supersede(self, p: PendingFile) -> None:
         """Drop the journal record of an older version of *p* (a newer one is recorded or stored)."""
         old = p.journal_seq
+        p.journal_seq = None
+        await self._supersede_seq(old)
+
+    async def _supersede_seq(self, old: int | None) -> None:
         if old is None:
             return
-        p.journal_seq = None
         if old in {e.seq for e in await self.disk.call(self.store.journal_pending)}:
             await self.disk.call(self.store.journal_skip, old, "superseded by a later version of the file")
             self.pending -= 1
