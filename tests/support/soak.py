@@ -125,6 +125,7 @@ ALL_OP_NAMES = sorted({**MOUNT_OPS, **DIRECT_OPS, **FAULT_OPS})
 ALL_OP_CUM = list(itertools.accumulate(
     {**MOUNT_OPS, **DIRECT_OPS, **FAULT_OPS}[n] for n in ALL_OP_NAMES))
 MAX_FOLDERS = 24
+TRAFFIC_KEEP = 4_000_000   # bytes of client->server traffic kept for a finding's report
 
 
 @dataclasses.dataclass
@@ -513,6 +514,9 @@ class Soak:
         self.ops_done = 0
         self.quiet_no = 0
         self.armed: list = []     # cut triggers armed since the last quiet point
+        self.traffic_tail = b""   # recent client->server traffic, trimmed out of the proxy
+        self.traffic_lock = threading.Lock()
+        self.stopping = threading.Event()
         self.corpus = [(n, b) for n, b in corpus_messages() if len(b) < 300_000]
         self.d: Dovecot | None = None
         self.proxy: Proxy | None = None
@@ -523,6 +527,8 @@ class Soak:
         self.work.mkdir(parents=True, exist_ok=True)
         self.mp = self.work / "mnt"
         self.cache = self.work / "cache"
+        self.xdg = self.work / "xdg"         # XDG_CACHE_HOME of imapfs: its unsent/ folder
+        self.last_seen: dict[str, str] = {}
         self.staging = self.work / "staging"
         self.oplog_file = open(self.work / "oplog.txt", "a", encoding="utf-8")
 
@@ -553,10 +559,19 @@ class Soak:
 
     def _start(self) -> None:
         self.mp.mkdir(exist_ok=True)
-        self.d = Dovecot(capabilities=dv.PROFILES[self.profile]).start()
+        for attempt in range(3):   # free_port() may hand out one port twice: pick again
+            self.d = Dovecot(capabilities=dv.PROFILES[self.profile])
+            try:
+                self.d.start()
+                break
+            except dv.DovecotError:
+                self.d.cleanup()
+                if attempt == 2:
+                    raise
         self.proxy = Proxy(self.d.host, self.d.port, max_connections=10**7,
                            lifetime=10**7).start()
         self.direct = Direct(self.d)
+        threading.Thread(target=self._trimmer, daemon=True, name="soak-trim").start()
         self._seed_mailbox()
         self._mount()
         self._refresh_folders()
@@ -565,12 +580,14 @@ class Soak:
         prev = None
         with contextlib.suppress(ValueError):   # not in the main thread
             prev = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.stopping.set()
         try:
             self.res.ops = self.ops_done
             self.res.elapsed = time.monotonic() - self.t0
             self.res.stored = self.n_sid
-            if self.armed:
-                self.proxy.clear_triggers()
+            if self.d is not None and self.proxy is not None:
+                with contextlib.suppress(Exception):
+                    self._heal()   # so that the unmount can store what is still pending
             if self.m is not None and self.m.proc is not None:
                 with contextlib.suppress(Exception):
                     self.m.unmount(check=False)
@@ -613,6 +630,7 @@ class Soak:
                 f"cache_dir={self.cache}"]
         self.m = Mount(f"imap://{self.d.user}@127.0.0.1:{self.proxy.port}/", self.mp, opts,
                        password=self.d.password, debug=self.cfg.debug,
+                       env_extra={"XDG_CACHE_HOME": str(self.xdg)},
                        log_path=self.work / "imapfs.log", timeout=30,
                        command=self.cfg.command).start()
 
@@ -1572,9 +1590,9 @@ class Soak:
                     continue
                 try:
                     got = _in_thread(path.read_bytes, self.cfg.op_timeout)
-                except OpHang as e:
+                except OpHang as e:   # one is enough: do not wait for every sample
                     diffs[f"read-hang:{p}:{uid}"] = f"reading {name!r} UID {uid} hangs: {e}"
-                    continue
+                    break
                 except OSError as e:
                     diffs[f"read:{p}:{uid}"] = f"reading {name!r} UID {uid} fails: {_errname(e)}"
                     continue
@@ -1586,6 +1604,8 @@ class Soak:
                     mflags = frozenset(fl.decode(errors="replace").split())
                 except (OSError, OpHang) as e:
                     diffs[f"xattr:{p}:{uid}"] = f"user.imap.flags of {name!r} UID {uid}: {_errname(e)}"
+                    if isinstance(e, OpHang):
+                        break
                     continue
                 sflags = srv[name].msgs[uid].flags
                 if mflags != sflags:
@@ -1597,28 +1617,81 @@ class Soak:
         return diffs
 
     def _losses(self, srv: dict[str, FolderInfo]) -> tuple[dict[str, str], Counter]:
+        """Required ids not on the server, each with its history and where it was last seen."""
         present: Counter = Counter()
-        where: dict[str, str] = {}
         for name, fi in srv.items():
             for uid, mi in (fi.msgs or {}).items():
                 if mi.sid:
                     present[mi.sid] += 1
-                    where[mi.sid] = f"{name!r} UID {uid}"
+                    self.last_seen[mi.sid] = f"last seen at quiet point {self.quiet_no}: {name!r} UID {uid}"
+        aside = self._saved_aside() if any(not present[s] for s in self.must) or any(
+            not any(present[s] for s in g) for g in self.alts) else {}
+
+        def why(sid: str, n: int) -> str:
+            parts = self.history.get(sid, [])[-n:]
+            if sid in self.last_seen:
+                parts.append(self.last_seen[sid])
+            if sid in aside:
+                parts.append(f"NOT on the server but saved aside in {aside[sid]}")
+            return "; ".join(parts)
+
         lost = {}
         for sid in sorted(self.must):
             if not present[sid]:
-                lost[sid] = "; ".join(self.history.get(sid, [])[-6:])
+                lost[sid] = why(sid, 6)
         for g in self.alts:
             if not any(present[s] for s in g):
-                lost["|".join(sorted(g))] = "none of " + ", ".join(
-                    f"{s} ({'; '.join(self.history.get(s, [])[-3:])})" for s in sorted(g))
+                lost["|".join(sorted(g))] = "none of " + ", ".join(f"{s} ({why(s, 3)})" for s in sorted(g))
         return lost, present
+
+    def _saved_aside(self) -> dict[str, str]:
+        """Ids in the files imapfs saves instead of storing them (unsent/, journal-kept/)."""
+        out: dict[str, str] = {}
+        for d in (self.xdg / "imapfs" / "unsent", self.cache / "journal-kept"):
+            if not d.is_dir():
+                continue
+            for p in d.rglob("*"):
+                with contextlib.suppress(OSError):
+                    with open(p, "rb") as f:
+                        m = SID_ANY_RE.search(f.read(4096))
+                    if m:
+                        out[m.group(1).decode()] = str(p.relative_to(self.work))
+        return out
 
     def _state(self) -> str:
         try:
             return _in_thread(lambda: mount_state(self.m.mountpoint), self.cfg.op_timeout)
         except (OSError, OpHang) as e:
             return f"(state unreadable: {_errname(e)})"
+
+    def _view(self) -> MountView:
+        """The mount's tree, walked where a hung call cannot stall the quiet point."""
+        try:
+            return _in_thread(lambda: mount_view(self.m.mountpoint), 2 * self.cfg.op_timeout,
+                              "walking the mount")
+        except OpHang as e:
+            self._found("hang", f"hang-walk-{self.quiet_no}", f"quiet point {self.quiet_no}: {e}")
+            self._dump_kernel_stacks(f"hang-quiet-{self.quiet_no}-kernel-stacks.txt")
+            self._crash_recover("a hung walk of the mount", dump=True)
+            return _in_thread(lambda: mount_view(self.m.mountpoint), 2 * self.cfg.op_timeout,
+                              "walking the mount after a remount")
+
+    def _trim_proxy(self) -> None:
+        """The proxy records all traffic: keep the last few MB, drop closed connections."""
+        p = self.proxy
+        with p._lock:
+            size = sum(len(c.client_data) + len(c.server_data) for c in p.connections)
+            p.connections = [c for c in p.connections if not c.closed.is_set()]
+        if size > TRAFFIC_KEEP * 4:
+            with self.traffic_lock:
+                self.traffic_tail = (self.traffic_tail + p.client_bytes())[-TRAFFIC_KEEP:]
+                p.clear()
+
+    def _trimmer(self) -> None:
+        """Bounds the proxy's records even while a call hangs (a daemon thread)."""
+        while not self.stopping.wait(1.0):
+            with contextlib.suppress(Exception):
+                self._trim_proxy()
 
     def quiet_point(self, final: bool = False) -> bool:
         """Settle, then check mount == server and nothing lost; True if something new was found."""
@@ -1632,7 +1705,7 @@ class Soak:
             st = self._state()
             if state_settled(st):
                 try:
-                    diffs = self._compare(self._server(), mount_view(self.m.mountpoint))
+                    diffs = self._compare(self._server(), self._view())
                 except (imaplib.IMAP4.error, OSError, EOFError):
                     diffs = {"server": "unreadable"}
                 if not diffs:
@@ -1643,7 +1716,7 @@ class Soak:
             time.sleep(0.5)
         waited = time.monotonic() - t
         srv = self._server()
-        view = mount_view(self.m.mountpoint)
+        view = self._view()
         qrng = random.Random(f"{self.seed}-quiet-{self.quiet_no}")
         first = self._compare(srv, view)
         first.update(self._samples(srv, view, qrng))
@@ -1654,7 +1727,7 @@ class Soak:
         if first or lost:
             time.sleep(2.0)   # only what persists counts
             srv = self._server()
-            view = mount_view(self.m.mountpoint)
+            view = self._view()
             again = self._compare(srv, view)
             again.update(self._samples(srv, view, random.Random(f"{self.seed}-quiet-{self.quiet_no}")))
             st = self._state()
@@ -1671,13 +1744,16 @@ class Soak:
                         self.must.discard(s)
                     self.alts = [g for g in self.alts if "|".join(sorted(g)) != sid]
         if len(self.res.divergences) + len(self.res.lost) > before and self.proxy is not None:
-            traffic = self.proxy.client_bytes()[-4_000_000:]
+            with self.traffic_lock:
+                traffic = (self.traffic_tail + self.proxy.client_bytes())[-TRAFFIC_KEEP:]
             (self.work / f"traffic-to-server-before-quiet-{self.quiet_no}.txt").write_bytes(traffic)
         self.res.duplicates = sum(1 for v in present.values() if v > 1)
         self.unconfirmed.clear()   # everything written is now on the server or reported
         self.res.quiet_points += 1
         if self.proxy is not None:
-            self.proxy.clear()
+            with self.traffic_lock:
+                self.proxy.clear()
+                self.traffic_tail = b""
         found = len(self.res.divergences) + len(self.res.lost) - before
         n_msgs = sum(len(fi.msgs or {}) for fi in srv.values())
         self.out(f"soak: quiet point {self.quiet_no}{' (final)' if final else ''} after "
