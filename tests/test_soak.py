@@ -20,8 +20,8 @@ import os
 from tests.support.soak import SoakConfig, run_soak
 
 SEED = int(os.environ.get("IMAPFS_SOAK_SEED", "1"))
-OPS = int(os.environ.get("IMAPFS_SOAK_OPS", "500"))
-SECONDS = float(os.environ.get("IMAPFS_SOAK_SECONDS", "50"))
+OPS = int(os.environ.get("IMAPFS_SOAK_OPS", "900"))
+SECONDS = float(os.environ.get("IMAPFS_SOAK_SECONDS", "60"))
 
 
 def test_soak_mount_converges_to_the_server_and_loses_no_mail(tmp_path):
