@@ -271,6 +271,16 @@ class Uploads:
             new = await self._stored(p, folder, where, size)
         return new
 
+    async def _retire(self, m: Msg, new: Msg | None, failed: str) -> None:
+        """UID EXPUNGE of an older version *m* now that *new* is stored; a failure leaves both."""
+        try:
+            await self.writes.delete_exact(m)
+            m.successor = new
+        except NotFound:
+            pass
+        except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
+            log.warning("%s (%s); both are on the server", failed, e)
+
     async def _stored(self, p: PendingFile, folder: Folder, where: tuple[int, int] | None,
                       size: int) -> Msg | None:
         """After an APPEND of *p* to *folder*: show the new message, expunge what it replaces."""
@@ -308,26 +318,12 @@ class Uploads:
             return None
         old = p.replaces
         if old is not None and not old.gone:
-            try:
-                await self.writes.delete_exact(old)
-                old.successor = new
-            except NotFound:
-                pass
-            except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
-                log.warning("stored the new version of %s but could not remove the old one (%s); "
-                            "both are on the server", old.name, e)
+            await self._retire(old, new, f"stored the new version of {old.name} but could not remove the old one")
         for earlier in list(p.superseded):  # our own copies of earlier versions of this file
             p.superseded.remove(earlier)
             if earlier is new or earlier.gone:
                 continue
-            try:
-                await self.writes.delete_exact(earlier)
-                earlier.successor = new
-            except NotFound:
-                pass
-            except Exception as e:  # noqa: BLE001 - a duplicate, never a loss
-                log.warning("stored %s but could not remove the copy of its earlier version (%s); "
-                            "both are on the server", name, e)
+            await self._retire(earlier, new, f"stored {name} but could not remove the copy of its earlier version")
         if p.dirty:
             # Written (or renamed, or its flags set) while the APPEND was on its way: the
             # server has an earlier version. Store the newer one too; this copy goes once it is.
