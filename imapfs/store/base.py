@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from ..errors import ImapfsError
@@ -109,6 +109,26 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
         con.close()
         raise
     return con
+
+
+class OneDb:
+    """One sqlite file opened by a store half: closing it, and refusing use once closed.
+
+    Subclasses set ``root``, ``_lock`` (a threading lock) and ``_con``."""
+
+    root: Path
+    _lock: AbstractContextManager[object]
+    _con: sqlite3.Connection | None
+
+    def close(self) -> None:
+        with self._lock:
+            close_quietly(self._con)
+            self._con = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StoreError(f"store {self.root} is closed")
+        return self._con
 
 
 def close_quietly(con: sqlite3.Connection | None) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..imapproto import ListEntry
 from ..records import FolderRecord, RawMeta
-from .base import Errors, StoreError, close_quietly, mkdirs, tx
+from .base import Errors, OneDb, mkdirs, tx
 from .bodies import ATIME_GRANULARITY, Bodies, Files
 from .cachedb import as_name, folder_row, match, open_cache
 
@@ -79,7 +79,7 @@ def _rows(fid: int, metas: Iterable[RawMeta]) -> Iterator[tuple[Any, ...]]:
         yield (fid, m.uid, m.size, m.internaldate, _enc_flags(m.flags), m.subject)
 
 
-class Cache:
+class Cache(OneDb):
     """``cache.db`` and ``bodies/`` under *root*; blocking and thread-safe (one lock).
 
     Opened by :class:`~imapfs.store.Store`, which holds the directory lock.
@@ -104,16 +104,6 @@ class Cache:
         """Reconcile bodies/ with its index after a crash (at open, once the directory is synced)."""
         with self._lock, self._errors("opening the cache"):
             self.bodies.sweep()
-
-    def close(self) -> None:
-        with self._lock:
-            close_quietly(self._con)
-            self._con = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._con is None:
-            raise StoreError(f"store {self.root} is closed")
-        return self._con
 
     def _drop_content(self, con: sqlite3.Connection, fid: int, token: str,
                       uids: Iterable[int] | None = None, *, absent: bool = False) -> Files:

@@ -32,8 +32,8 @@ from typing import Any
 from .base import (
     SQLITE_CORRUPT,
     Errors,
+    OneDb,
     StoreError,
-    close_quietly,
     connect,
     errcode,
     fsync_dir,
@@ -139,7 +139,7 @@ def _dec_arg(v: Any) -> Any:
     return v
 
 
-class JournalStore:
+class JournalStore(OneDb):
     """``journal.db`` and ``journal-blobs/`` under *root*; blocking and thread-safe (one lock).
 
     Opened by :class:`~imapfs.store.Store`, which holds the directory lock,
@@ -208,16 +208,6 @@ class JournalStore:
             for seq, blob in con.execute("SELECT seq, blob FROM pending WHERE blob IS NOT NULL"):
                 if not (self.blobs_dir / blob).exists():
                     log.error("journal entry %d: its message file %s is missing", seq, self.blobs_dir / blob)
-
-    def close(self) -> None:
-        with self._lock:
-            close_quietly(self._con)
-            self._con = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._con is None:
-            raise StoreError(f"store {self.root} is closed")
-        return self._con
 
     # ------------------------------------------------------------ recording
 
