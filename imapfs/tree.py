@@ -58,9 +58,10 @@ if TYPE_CHECKING:  # tree does not import disk or offline at run time: the mount
 
 log = logging.getLogger(__name__)
 
+# readdir cookies, ascending in listing order: folders, messages, moved in offline, being written
 _COOKIE_MESSAGES = 1 << 33
-_COOKIE_PENDING = 1 << 60
 _COOKIE_OFFLINE = 1 << 59
+_COOKIE_PENDING = 1 << 60
 
 
 class Tree:
@@ -441,6 +442,8 @@ class Tree:
 
         Cookies are stable across changes: child folders by position, messages
         by UID, so a listing that spans a change never skips or repeats one.
+        They must ascend: fs.readdir resumes by bisecting on the cookie, and an
+        out-of-order list made the kernel's next readdir start over forever.
         """
         folder.last_used = self.clock()
         await self.refresh_folders()
@@ -452,10 +455,11 @@ class Tree:
             for uid in st.uids:
                 m = st.msgs[uid]
                 out.append((_COOKIE_MESSAGES + 2 * uid, m.name, m))
+        # even offsets: fs lists each message's ``.parts`` at cookie + 1
+        for i, name in enumerate(sorted(folder.offline_entries)):
+            out.append((_COOKIE_OFFLINE + 2 * i, name, folder.offline_entries[name]))
         for p in sorted(folder.pending.values(), key=lambda p: p.inode):
             out.append((_COOKIE_PENDING + (p.inode - PENDING_INODE_BASE), p.name, p))
-        for i, name in enumerate(sorted(folder.offline_entries)):
-            out.append((_COOKIE_OFFLINE + i, name, folder.offline_entries[name]))
         return out
 
     # -- reading ------------------------------------------------------------

@@ -531,3 +531,52 @@ def test_offline_file_given_a_date_after_its_record_is_stored_and_leaves_the_lis
         return len(names) == 1 and names[0] != "copied.eml" and names[0].startswith("2017-07-14_")
 
     eventually(only_the_servers, timeout=30)
+
+
+def _listdir_within(path: Path, seconds: float) -> list[str] | None:
+    """``os.listdir`` in a thread: None if it has not answered in time (the
+    kernel would keep the hung call; the test must still end)."""
+    import threading
+    box: dict[str, list[str]] = {}
+    t = threading.Thread(target=lambda: box.setdefault("v", os.listdir(path)), daemon=True)
+    t.start()
+    t.join(seconds)
+    return box.get("v")
+
+
+def test_a_folder_holding_offline_moves_and_an_unsent_file_lists_each_entry_once(rig):
+    """Issue 10 (soak, seed 5): a folder holding server messages, messages
+    moved in while offline and a file written while offline. Their readdir
+    cookies were out of order, so the kernel's next readdir restarted
+    mid-list and ``ls`` never ended; and a moved-in message's ``.parts``
+    shared the next one's cookie, so a listing longer than one readdir
+    skipped messages."""
+    d = rig.d
+    d.append("B", msg("b0", "already here"))
+    long = "a subject long enough that a few dozen fill more than one readdir page " * 2
+    for i in range(30):
+        d.append("A", msg(f"mv{i}", f"{long}{i}"))
+    m = rig.mount(allowed=[SERVER_AWAY])
+    srcs = emls(m, "A")
+    for p in srcs:
+        p.read_bytes()
+    (b0,) = emls(m, "B")
+    rig.server_away()
+    os.rename(srcs[0], m.path("B", srcs[0].name))
+    m.path("B", "new.eml").write_bytes(msg("new", "written offline"))
+    names = _listdir_within(m.path("B"), 20)
+    assert names is not None, "ls B did not answer"
+    assert sorted(names) == sorted([b0.name, b0.stem + ".parts", srcs[0].name, srcs[0].stem + ".parts", "new.eml"])
+    for p in srcs[1:]:
+        os.rename(p, m.path("B", p.name))
+    names = _listdir_within(m.path("B"), 20)
+    assert names is not None, "ls B did not answer"
+    want = {b0.name, b0.stem + ".parts", "new.eml"} | {p.name for p in srcs} | {p.stem + ".parts" for p in srcs}
+    assert len(names) == len(set(names)) and set(names) == want
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=30)
+    eventually(lambda: len(emls(m, "B")) == 32, timeout=20)
+    names = _listdir_within(m.path("B"), 20)
+    assert names is not None, "ls B did not answer after the replay"
+    assert len(names) == len(set(names)) == 64
+    assert sorted(message_ids(d, "B")) == sorted(["b0", "new"] + [f"mv{i}" for i in range(30)])
