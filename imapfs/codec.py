@@ -36,6 +36,7 @@ __all__ = [
     "is_inbox",
     "map_folders",
     "new_level",
+    "offline_level_ok",
     "path_to_folder",
     "raw_level",
     "unescape_level",
@@ -489,3 +490,21 @@ def new_level(comp: str, delimiter: str | None) -> bytes:
     if shown != comp:
         raise ValueError(f"a folder named like this would show as {shown!r}")
     return encode_mutf7(level).encode("ascii")
+
+
+_OFFLINE_PUNCT = frozenset(" -_")
+
+
+def offline_level_ok(comp: str) -> bool:
+    """Whether a folder level may be created while the server is away.
+
+    Servers differ on which names they refuse (Dovecot's Maildir++ layout
+    refuses any ``.``, a leading ``~`` outside full filesystem access), and
+    only the server can say.  A folder made offline is taken for real: files
+    go into it and are journaled.  So offline, a name must be one every server
+    keeps: letters, digits, and inner spaces, ``-`` and ``_``.  Other names
+    wait for the server (docs/offline.md).
+    """
+    if not comp or not comp[0].isalnum() or not comp[-1].isalnum():
+        return False
+    return all(ch.isalnum() or ch in _OFFLINE_PUNCT for ch in comp)

@@ -380,6 +380,10 @@ class Writes:
         shown: list[Folder] = []  # the folder the journal shows
 
         async def record(journal: Journal, _tried: bool) -> None:
+            if not codec.offline_level_ok(name):
+                self.notes.note(("mkdir-name", name), f"a folder named {name!r} needs the server to accept its name; "
+                                "try again when it is back (offline, use letters, digits, spaces, '-' and '_')")
+                raise Offline(f"a folder named {name!r} needs the server")
             shown.append(await journal.mkdir(parent, name, raw))  # a CREATE cut short: replay takes "exists"
 
         try:

@@ -23,6 +23,7 @@ from imapfs.codec import (
     is_canonical,
     map_folders,
     new_level,
+    offline_level_ok,
     path_to_folder,
     raw_level,
     unescape_level,
@@ -558,3 +559,13 @@ def test_map_folders_gives_distinct_valid_paths(wires: list[bytes], delim: str |
     # order does not matter
     again, _ = map_folders((w, delim) for w in reversed(wires))
     assert again == mapped
+
+
+@pytest.mark.parametrize(("comp", "ok"), [
+    ("NewDir", True), ("New Dir-2_x", True), ("Café", True), ("日本語", True), ("2024", True),
+    ("a.b", False), ("~tilde", False), ("Invoice #12.eml", False), ("100%", False), ("a/b", False),
+    (" lead", False), ("trail ", False), ("-x", False), ("", False), ("a&b", False), ("x\ty", False),
+])
+def test_offline_level_ok(comp: str, ok: bool) -> None:
+    """Offline, only names every server keeps are taken (the server judges the rest)."""
+    assert offline_level_ok(comp) is ok
