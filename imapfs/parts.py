@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import cachetools
 import trio
 
-from . import mime
+from . import mime, transfer
 from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .session import Connection
 from .inodes import Entry
@@ -444,12 +444,12 @@ class Parts:
                       "no" if raw is None else len(raw), e.part.size)
             return [(e.name, self._file(m, e, e.name, "broken", 0))]
         try:
-            size = await self._cpu(len(raw), mime.decoded_size, e, raw)
+            size = await self._cpu(len(raw), transfer.decoded_size, e, raw)
             if size is not None:
                 # An attachment's exact size without decoding it: decoded when read.
                 return [(e.name, self._file(m, e, e.name, "decoded", size))]
-            data = await self._cpu(len(raw), mime.decode_part, e, raw)
-        except mime.DecodeError as err:
+            data = await self._cpu(len(raw), transfer.decode_part, e, raw)
+        except transfer.DecodeError as err:
             name = mime.raw_name(e)
             log.warning("%r UID %d part %s cannot be decoded (%s); serving it raw as %s",
                         m.folder.raw, m.uid, e.section, err, name)
@@ -480,8 +480,8 @@ class Parts:
             f.mode, f.size = "broken", 0
             return
         try:
-            decoded = await self._cpu(len(data), mime.decode_part, f.entry, data)
-        except mime.DecodeError as err:
+            decoded = await self._cpu(len(data), transfer.decode_part, f.entry, data)
+        except transfer.DecodeError as err:
             # The name was given before we could know; serve the bytes as they are.
             log.warning("%r UID %d part %s cannot be decoded (%s); serving it undecoded",
                         raw, m.uid, f.entry.section, err)
@@ -612,7 +612,7 @@ class Parts:
                       f.entry.part.size)
             raise ProtocolError("missing part")
         if f.mode == "decoded":
-            data = await self._cpu(len(data), mime.decode_part, f.entry, data)
+            data = await self._cpu(len(data), transfer.decode_part, f.entry, data)
         if len(data) != f.size:
             log.error("%r UID %d part %s: %d bytes now, %d when listed; the server contradicts itself",
                       raw, m.uid, f.entry.section, len(data), f.size)

@@ -1,9 +1,9 @@
-"""Fuzzing the pure modules (issue 11, "Fuzzing in CI"): imapproto, mime, codec, naming.
+"""Fuzzing the pure modules (issue 11, "Fuzzing in CI"): imapproto, mime, transfer, charset, codec, naming.
 
 Every property asserts, for every input hypothesis makes up:
 
 * no exception leaves the function but the ones its module documents
-  (``ProtocolError`` from imapproto, ``MimeError``/``DecodeError`` from mime,
+  (``ProtocolError`` from imapproto, ``MimeError`` from mime, ``DecodeError`` from transfer,
   ``ValueError``/``UnicodeEncodeError`` where codec and naming say so);
 * a time bound: no input under 1 MB takes over PER_INPUT_SECONDS (1 s) of
   CPU time (``time.thread_time``, so a loaded machine does not make it
@@ -47,7 +47,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imapfs import codec, imapproto, mime, naming
+from imapfs import codec, imapproto, mime, naming, transfer
+from imapfs.charset import decode_words, to_utf8
 from imapfs.errors import ProtocolError
 
 LONG = os.environ.get("IMAPFS_FUZZ") == "long"
@@ -492,10 +493,10 @@ def test_fuzz_mime_bodystructure_listing_cut_decode(root: _Part) -> None:
         for e in _all_entries(entries):
             payload, body, kind = want[e.section]
             assert cut.get(e.section) == body, e.section
-            decoded = mime.decode_part(e, body)
+            decoded = transfer.decode_part(e, body)
             if kind != "text":  # us-ascii text of random bytes is converted, not kept
                 assert decoded == payload, (e.section, kind)
-            size = mime.decoded_size(e, body)
+            size = transfer.decoded_size(e, body)
             assert size is None or size == len(decoded)
 
 
@@ -519,8 +520,8 @@ def test_fuzz_mime_garbage(structure: Any, message: bytes) -> None:
         for e in _all_entries(entries):
             raw = cut.get(e.section, message)
             try:
-                out = mime.decode_part(e, raw)
-                size = mime.decoded_size(e, raw)
+                out = transfer.decode_part(e, raw)
+                size = transfer.decoded_size(e, raw)
                 assert size is None or size == len(out)
             except mime.MimeError:  # DecodeError is one
                 pass
@@ -543,12 +544,12 @@ _CHARSETS = st.one_of(st.none(), st.sampled_from(
 def test_fuzz_mime_decoders(encoding: str, data: bytes, charset: str | None) -> None:
     with bounded(len(data), f"decode {encoding!r} / {charset!r}"):
         try:
-            assert isinstance(mime.decode_transfer(encoding, data), bytes)
-        except mime.DecodeError:
+            assert isinstance(transfer.decode_transfer(encoding, data), bytes)
+        except transfer.DecodeError:
             pass
-        out = mime.to_utf8(data, charset)
+        out = to_utf8(data, charset)
         out.decode("utf-8")  # always valid UTF-8
-        assert isinstance(mime.decode_words(data), str)
+        assert isinstance(decode_words(data), str)
 
 
 # ==================================================================== codec
