@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -65,6 +66,17 @@ def describe(err: BaseException) -> str:
     return str(err) if isinstance(err, ImapfsError) else f"{type(err).__name__}: {err}"
 
 
+@dataclass(frozen=True, eq=False)
+class _Overlay:
+    """One thing a recorded move or delete shows until it is done: its message hidden in
+    the source folder, or listed (or known by its writer's name) in the destination."""
+
+    kind: str  # "hidden", "entry" or "alias"
+    folder: Folder
+    msg: Msg
+    name: str = ""
+
+
 class Journal:
     """Records offline changes, shows them, and replays them when the server is back."""
 
@@ -78,6 +90,9 @@ class Journal:
         # Folders a replay touched whose settling could not finish (the server went
         # away again): settled at the next round, else their overlays stay for good.
         self._unsettled: set[bytes] = set()
+        # What each recorded move or delete shows (by journal seq): taken down as soon as
+        # that entry is done, whatever else the journal still owes the folders involved.
+        self._shown: dict[int, list[_Overlay]] = {}
         tree.attach_journal(self)
 
     # -- recording --------------------------------------------------------------
@@ -89,14 +104,14 @@ class Journal:
         return seq
 
     async def move(self, m: Msg, dest: Folder, name: str | None) -> None:
-        await self._record("move", {"src": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
-                                    "dest": dest.raw, "name": name})
-        self._show_move(m, dest, name)
+        seq = await self._record("move", {"src": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
+                                          "dest": dest.raw, "name": name})
+        self._shown[seq] = self._show_move(m, dest, name)
 
     async def delete(self, m: Msg, trash: Folder | None) -> None:
-        await self._record("delete", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
-                                      "trash": trash.raw if trash is not None else None})
-        self._show_delete(m, trash)
+        seq = await self._record("delete", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
+                                            "trash": trash.raw if trash is not None else None})
+        self._shown[seq] = self._show_delete(m, trash)
 
     async def flags(self, m: Msg, flags: list[str]) -> None:
         await self._record("flags", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
@@ -168,7 +183,7 @@ class Journal:
                 return f
         return None
 
-    def _hide(self, m: Msg) -> None:
+    def _hide(self, m: Msg) -> _Overlay:
         f = m.folder
         f.hidden.add((m.uidvalidity, m.uid))
         st = f.state
@@ -177,17 +192,45 @@ class Journal:
             st.uids = sorted(st.msgs)
         self.tree.notifier.entry_removed(f.inode, m.name)
         self.tree.notifier.entry_removed(f.inode, m.stem + ".parts")
+        return _Overlay("hidden", f, m)
 
-    def _show_move(self, m: Msg, dest: Folder, name: str | None) -> None:
-        self._hide(m)
+    def _show_move(self, m: Msg, dest: Folder, name: str | None) -> list[_Overlay]:
+        shown = [self._hide(m), _Overlay("entry", dest, m, m.name)]
         dest.offline_entries[m.name] = m
         if name and name != m.name:
             dest.aliases[name] = m
+            shown.append(_Overlay("alias", dest, m, name))
+        return shown
 
-    def _show_delete(self, m: Msg, trash: Folder | None) -> None:
-        self._hide(m)
+    def _show_delete(self, m: Msg, trash: Folder | None) -> list[_Overlay]:
+        shown = [self._hide(m)]
         if trash is not None and trash is not m.folder:
             trash.offline_entries[m.name] = m
+            shown.append(_Overlay("entry", trash, m, m.name))
+        return shown
+
+    def _take_down(self, left_seqs: set[int]) -> set[Folder]:
+        """Remove what done entries show; the folders to list again from the server."""
+        changed: set[Folder] = set()
+        for seq in [s for s in self._shown if s not in left_seqs]:
+            for o in self._shown.pop(seq):
+                f, m = o.folder, o.msg
+                if o.kind == "hidden":
+                    if (m.uidvalidity, m.uid) in f.hidden:
+                        f.hidden.discard((m.uidvalidity, m.uid))
+                        if f.state is not None:
+                            # A move not applied leaves the message where it was; an
+                            # incremental QRESYNC sync would not bring it back.
+                            f.state.highestmodseq = None
+                elif o.kind == "entry":
+                    if f.offline_entries.get(o.name) is m:
+                        del f.offline_entries[o.name]
+                        self.tree.notifier.entry_removed(f.inode, o.name)
+                        self.tree.notifier.entry_removed(f.inode, m.stem + ".parts")
+                elif f.aliases.get(o.name) is m:
+                    del f.aliases[o.name]
+                changed.add(f)
+        return changed
 
     def _show_mkdir(self, path: tuple[str, ...], raw: bytes) -> Folder:
         node = self.tree.ensure_path(path)
@@ -209,11 +252,11 @@ class Journal:
                     m = self._find(a["src"], a["uidvalidity"], a["uid"])
                     dest = self._folder(a["dest"])
                     if m is not None and dest is not None:
-                        self._show_move(m, dest, a.get("name"))
+                        self._shown[e.seq] = self._show_move(m, dest, a.get("name"))
                 elif e.op == "delete":
                     m = self._find(a["folder"], a["uidvalidity"], a["uid"])
                     if m is not None:
-                        self._show_delete(m, self._folder(a.get("trash")))
+                        self._shown[e.seq] = self._show_delete(m, self._folder(a.get("trash")))
                 elif e.op == "flags":
                     m = self._find(a["folder"], a["uidvalidity"], a["uid"])
                     if m is not None:
@@ -352,6 +395,10 @@ class Journal:
                     self.tree.notifier.entry_removed(f.inode, name)
                     if f.raw is not None:
                         stored.add(f.raw)
+        # Likewise a replayed move or delete: its overlay goes, the folders are listed again.
+        for f in self._take_down(left_seqs):
+            if f.raw is not None:
+                stored.add(f.raw)
         try:
             await self.tree.refresh_folders(force=True)
         except ImapfsError as err:

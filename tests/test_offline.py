@@ -588,3 +588,43 @@ def test_a_folder_holding_offline_moves_and_an_unsent_file_lists_each_entry_once
     assert names is not None, "ls B did not answer after the replay"
     assert len(names) == len(set(names)) == 64
     assert sorted(message_ids(d, "B")) == sorted(["b0", "new"] + [f"mv{i}" for i in range(30)])
+
+
+def test_a_replayed_move_shows_once_while_a_later_entry_keeps_its_folder_busy(rig):
+    """Issue 10 (soak, seeds 12 and 13): a move replayed into a folder for which the journal
+    still owes something (here two empty files the server refuses, tried for rounds) kept
+    showing under its offline name beside the real message, another message's UID in its
+    name. Each entry's overlay now goes as soon as that entry is done."""
+    d = rig.d
+    d.append("A", msg("x", "moved offline"))
+    d.create("B")
+    m = rig.mount(allowed=[SERVER_AWAY] + [z.replace("b'A'", "b'B'") for z in ZERO_BYTES_REFUSED])
+    (src,) = emls(m, "A")
+    src.read_bytes()
+    assert os.listdir(m.path("B")) == []
+    rig.server_away()
+    os.rename(src, m.path("B", src.name))
+    empties = [f"empty{i}.eml" for i in range(6)]  # refused 3 times each, one after the other
+    for name in empties:
+        m.path("B", name).write_bytes(b"")
+    eventually(lambda: pending(m) == 7)
+    assert sorted(os.listdir(m.path("B"))) == sorted([src.name, src.stem + ".parts", *empties])
+    rig.server_back()
+    eventually(lambda: message_ids(d, "B") == ["x"], timeout=20)
+    (uid,) = d.fetch_all("B")
+    real = f"#{uid}.eml"
+
+    def shown() -> list[str]:
+        return sorted(n for n in os.listdir(m.path("B")) if n.endswith(".eml"))
+
+    def only_the_real_one() -> bool:
+        xs = [n for n in shown() if not n.startswith("empty")]
+        return len(xs) == 1 and xs[0].endswith(real)
+
+    eventually(only_the_real_one, timeout=3)
+    assert pending(m) >= 1, "the window closed before the check: make the busy entries last longer"
+    xs = [n for n in shown() if not n.startswith("empty")]
+    assert len(xs) == 1 and xs[0].endswith(real)
+    assert m.path("B", xs[0]).read_bytes() == d.fetch_all("B")[uid]
+    eventually(lambda: pending(m) == 0, timeout=60)
+    assert [n for n in shown() if not n.startswith("empty")] == xs
