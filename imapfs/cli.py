@@ -109,7 +109,7 @@ _FLAG_OPTS: dict[str, str | None] = {
     "debug": "debug", "foreground": "foreground", "offline": "offline", "default_permissions": None,
     "auto_unmount": "auto_unmount", "reconnect": None,
 }
-# -o auth=: how to log in (session.Connection._mechanism); xoauth2/oauthbearer take a token.
+# -o auth=: how to log in (connection.login.Login._mechanism); xoauth2/oauthbearer take a token.
 AUTH_MECHANISMS = ("auto", "plain", "login", "xoauth2", "oauthbearer")
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)[iI]?[bB]?$")
 

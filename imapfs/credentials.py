@@ -1,6 +1,6 @@
 """Where the secret for each login comes from: a password or an OAuth2 access token.
 
-A :class:`Credential` is what :class:`session.Account` holds instead of a
+A :class:`Credential` is what :class:`records.Account` holds instead of a
 password string: every new connection calls it, so an access token that
 expires during a long mount is replaced by a fresh one at the next
 (re)connection, and a refused login asks once more with ``fresh=True``.

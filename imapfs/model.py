@@ -23,8 +23,8 @@ from .errors import InvalidArgument
 
 if TYPE_CHECKING:
     from .pending import PendingFile
-    from .records import RawMeta
-    from .session import Pool, Status
+    from .records import RawMeta, Status
+    from .session import Pool
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from .offline import Journal, Keeper
 from .store import Store
 from .fs import KernelNotifier, Operations
 from .parts import Parts
-from .session import Account, Pool
+from .records import Account
+from .session import Pool
 from .tree import Tree
 from .watch import Watcher
 
@@ -247,7 +248,7 @@ def _secrets(account: Account) -> list[str]:
 class _Redact(logging.Filter):
     """Last line of defence: no log record (message, arguments, traceback) shows a secret.
 
-    No code path should log one in the first place (session.Connection._login
+    No code path should log one in the first place (connection.login.Login._login
     builds its errors without it); this catches what a future bug would leak.
     *secret*: one string, or a callable giving the secrets handed out so far
     (a token source hands out a new one for each connection).

@@ -32,7 +32,7 @@ import trio
 from .disk import Disk
 from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
 from .pending import PendingFile
-from .session import Connection
+from .connection import Connection
 from .model import Folder, FolderState, Msg, check_date, check_flags, without_recent
 from .tree import Tree
 

@@ -39,7 +39,7 @@ import trio
 
 from . import mime, transfer
 from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
-from .session import Connection
+from .connection import Connection
 from .inodes import Entry
 from .model import CHUNK, Msg
 from .tree import Tree

@@ -38,7 +38,7 @@ class WireLiteral:
 
     ``len()`` is the announced ``{n}``; :meth:`chunks` yields exactly that many
     bytes, because the file is a private copy nothing writes to any more.
-    ``session.Connection.append`` sends it without holding it in memory.
+    ``connection.Connection.append`` sends it without holding it in memory.
     """
 
     def __init__(self, f: IO[bytes], size: int) -> None:

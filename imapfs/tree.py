@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import codec, naming
+from .connection import Connection
 from .content import Content
 from .errors import CommandFailed, NotFound, ProtocolError, ServerUnavailable
 from .imapproto import ListEntry, format_uid_set
@@ -46,8 +47,8 @@ from .model import (
     OfflineNotes,
     status_differs,
 )
-from .records import RawMeta
-from .session import Connection, Known, Pool, SyncResult
+from .records import Known, RawMeta, SyncResult
+from .session import Pool
 from .uploads import DEFAULT_MAX_MESSAGE, Uploads
 from .writes import Writes
 

@@ -34,7 +34,9 @@ import trio
 
 from . import imapproto
 from .errors import ImapfsError, ProtocolError
-from .session import Account, Connection, parse_status
+from .connection import Connection
+from .connection.wire import parse_status
+from .records import Account
 from .model import Folder, status_differs
 from .tree import Tree
 

@@ -308,7 +308,7 @@ def test_token_with_a_stated_lifetime_is_reused_across_a_reconnect(server, auth,
 
 def test_oauth_strings_on_the_wire(server, auth, token_cmd, tmp_mountpoint):
     """The SASL messages are the documented ones (Google's XOAUTH2, RFC 7628 OAUTHBEARER)."""
-    from imapfs.session import _oauth_response
+    from imapfs.connection.login import _oauth_response
 
     assert _oauth_response("XOAUTH2", "alice", "T", "h", 993) == b"user=alice\x01auth=Bearer T\x01\x01"
     assert _oauth_response("OAUTHBEARER", "a,b=c", "T", "h", 993) == \

@@ -139,8 +139,7 @@ class _Conn:
         self.fetched: list[list[int]] = []
 
     def sync(self, name, known, verify):
-        from imapfs.records import RawMeta
-        from imapfs.session import SelectInfo, SyncResult
+        from imapfs.records import RawMeta, SelectInfo, SyncResult
 
         metas = [RawMeta(u, len(b), 1700000000, (), f"s{u}".encode()) for u, b in sorted(self.bodies.items())]
         return SyncResult(SelectInfo(7, len(metas), max(self.bodies) + 1), reset=known is None,

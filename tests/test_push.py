@@ -18,7 +18,7 @@ import threading
 import time
 
 
-from imapfs.session import Account
+from imapfs.records import Account
 from imapfs.watch import PushListener
 from tests.support.dovecot import DOVECOT_CAPABILITIES
 

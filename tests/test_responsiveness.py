@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from imapfs.session import RawMeta
+from imapfs.records import RawMeta
 from imapfs.model import Folder, FolderState, Msg, MsgTable
 from imapfs.tree import Tree
 from tests.support.dovecot import Dovecot

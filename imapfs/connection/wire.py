@@ -1,0 +1,161 @@
+"""What goes over the wire below a connection: imaplib with bounds, TLS, reply text.
+
+The bounded imaplib subclasses (``BoundedIMAP4``, ``BoundedIMAP4_SSL``) read every line
+and literal against the limits in docs/reliability.md; ``make_ssl_context``
+is the one place certificates get verified; ``parse_status`` reads STATUS
+data (used by a connection and by the push listener in ``watch``).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .. import imapproto
+from ..errors import ProtocolError, TLSError
+from ..records import Status
+
+# What one server reply may make us read (docs/reliability.md, "Limits"). Past
+# any of them the connection is out of step with the server: it is closed and
+# the command fails with ProtocolError (EIO), never the mount.
+MAX_LINE = 8 * 1024 * 1024  # one response line (between literals); imaplib's own 1 MB is too
+# small for a 10,000-part BODYSTRUCTURE (Dovecot's own part limit), 8 MiB is 5 times that.
+MAX_LITERAL = 1024 * 1024 * 1024  # one literal: a whole decoded part of a big message comes as one
+MIN_RATE = 64 * 1024  # bytes/s: a line or literal must arrive within timeout + size / MIN_RATE
+
+
+class _Bounded:
+    """imaplib's reads with limits: line length, literal size, and time.
+
+    imaplib reads a line with ``file.readline(_MAXLINE)`` (its own check
+    raises ``error``, which looks like a BAD answer) and a literal with
+    ``file.read(size)``, which for ``{2^62}`` raises MemoryError and for
+    ``{10^20}`` OverflowError, and which a server trickling one byte a second
+    keeps busy forever despite the socket timeout. Here each read takes what
+    is buffered or one ``recv`` at a time, so the limits are checked as bytes
+    arrive; a violation raises ``abort`` (the connection is unusable).
+    """
+
+    file: Any
+    sock: Any
+    abort: type[Exception]
+    limit_hit: str | None = None  # why a bound was violated (imaplib re-wraps our abort)
+
+    def _violation(self, why: str) -> Exception:
+        self.limit_hit = why
+        return self.abort(why)
+
+    def _deadline(self, size: int) -> float:
+        timeout = self.sock.gettimeout() if self.sock is not None else None
+        return time.monotonic() + (timeout or 30.0) + size / MIN_RATE
+
+    def readline(self) -> bytes:
+        f = self.file
+        data = f.peek(1)
+        i = data.find(b"\n")
+        if 0 <= i < MAX_LINE:  # the whole line is buffered: the common case
+            return f.read(i + 1)
+        buf = bytearray()
+        start = time.monotonic()
+        deadline = self._deadline(0)
+        while True:
+            if not data:
+                return bytes(buf)  # EOF: imaplib reports it
+            i = data.find(b"\n")
+            take = i + 1 if i >= 0 else len(data)
+            buf += f.read(min(take, MAX_LINE + 1 - len(buf)))
+            if len(buf) > MAX_LINE:
+                raise self._violation(f"server sent a line longer than {MAX_LINE} bytes")
+            if i >= 0:
+                return bytes(buf)
+            if time.monotonic() > deadline + len(buf) / MIN_RATE:
+                raise self._violation(f"server line incomplete after {time.monotonic() - start:.0f} s "
+                                      f"({len(buf)} bytes so far)")
+            data = f.peek(1)
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_LITERAL:
+            raise self._violation(f"server announced a literal of {size} bytes (limit {MAX_LITERAL})")
+        f = self.file
+        deadline = self._deadline(size)
+        parts: list[bytes] = []
+        left = size
+        while left > 0:
+            data = f.read1(min(left, 1024 * 1024))
+            if not data:
+                break  # EOF: imaplib finds the short literal or the missing line
+            parts.append(data)
+            left -= len(data)
+            if left and time.monotonic() > deadline:
+                raise self._violation(f"literal of {size} bytes incomplete after its time limit "
+                                      f"({size - left} bytes arrived)")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class BoundedIMAP4(_Bounded, imaplib.IMAP4):
+    pass
+
+
+class BoundedIMAP4_SSL(_Bounded, imaplib.IMAP4_SSL):
+    pass
+
+
+def make_ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """System trust store plus *cafile*; hostname checking on."""
+    ctx = ssl.create_default_context()
+    if cafile:
+        try:
+            ctx.load_verify_locations(cafile=cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise TLSError(f"cannot load CA file {cafile}: {e}") from None
+    return ctx
+
+
+def reply_text(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        v = b" ".join(x if isinstance(x, bytes) else str(x).encode() for x in v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def flag_str(f: Any) -> str:
+    return f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
+
+
+def parse_status(lines: Iterable) -> Iterable[tuple[bytes, Status]]:
+    """``* STATUS name (MESSAGES 3 UIDNEXT 9 ...)`` data → (name, Status); bad lines skipped."""
+    chunks: list = []
+    for d in lines:
+        if d is None:
+            continue
+        chunks.append(d)
+        if isinstance(d, tuple):
+            continue  # a literal name: its tail follows
+        try:
+            vals = imapproto.parse(chunks)
+        except ProtocolError:
+            chunks = []
+            continue
+        chunks = []
+        if len(vals) != 2 or not isinstance(vals[1], list):
+            continue
+        name = vals[0] if isinstance(vals[0], bytes) else str(vals[0]).encode()
+        kv = vals[1]
+        st = Status()
+        for k, v in zip(kv[::2], kv[1::2]):
+            if not isinstance(k, bytes) or not isinstance(v, int):
+                continue
+            key = k.upper()
+            if key == b"MESSAGES":
+                st.messages = v
+            elif key == b"UIDNEXT":
+                st.uidnext = v
+            elif key == b"UIDVALIDITY":
+                st.uidvalidity = v
+            elif key == b"HIGHESTMODSEQ":
+                st.highestmodseq = v
+        yield name, st
