@@ -29,6 +29,7 @@ from .errors import (
     ServerUnavailable,
     Unsupported,
 )
+from .flagview import FlagView
 from .model import Folder, Msg, check_date, check_flags, sendable_flag, without_recent
 
 if TYPE_CHECKING:  # the tree builds Writes with itself; offline is handed in at run time
@@ -60,6 +61,7 @@ class Writes:
         self.read_only = read_only
         self.trash = trash  # None, "auto" (the \\Trash folder) or a folder path with "/"
         self._msg_locks: dict[int, trio.Lock] = {}
+        self.flag_view = FlagView(tree)  # getxattr user.imap.flags (issue 12)
 
     @property
     def caps(self) -> frozenset[str]:
@@ -509,16 +511,5 @@ class Writes:
         raise InvalidArgument(f"the server does not keep a folder named {name!r} under that name")
 
     async def flags(self, m: Msg) -> tuple[str, ...]:
-        """Current flags, asked of the server (they change under us)."""
-        raw, uidv = m.folder.raw, m.uidvalidity
-        assert raw is not None
-        if self.notes.is_offline() or m.folder.local:
-            return without_recent(m.flags)
-        try:
-            it = await self.pool.run(lambda c: c.fetch_items(raw, uidv, m.uid, "(UID FLAGS)"), folder=raw)
-        except ServerUnavailable:
-            self.notes.note((raw, "flags"), "flags shown as last seen")
-            return without_recent(m.flags)
-        fl = it.get(b"FLAGS") or []
-        m.flags = without_recent(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fl)
-        return m.flags
+        """Current flags (they change under us): from the tree, at most FLAGS_FRESH old (imapfs.flagview)."""
+        return await self.flag_view.flags(m)

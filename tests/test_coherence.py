@@ -115,6 +115,96 @@ def test_flag_change_by_other_client(env):
     within(IN_USE, lambda: {"\\Flagged", "$Phone"} <= set(os.getxattr(p, "user.imap.flags").decode().split()))
 
 
+# imapfs.flagview.FLAGS_FRESH: getxattr serves a folder's flags from the tree for at
+# most this long after a refresh was asked for (docs/change-tracking.md, "Flags").
+FLAGS_FRESH = 1.0
+# A command a flag refresh (or a per-message flag fetch) sends; STATUS polls, IDLE's
+# EXAMINE and LIST are change tracking's, not getxattr's.
+_FLAG_COMMANDS = re.compile(rb"(?m)^\S+ (?:UID FETCH|FETCH|SELECT|UID SEARCH) ")
+
+
+def _store_flags(d: Dovecot, folder: str, uid: int, flags: set[str]) -> None:
+    c = d.client()
+    try:
+        c.select(folder)
+        typ, data = c.uid("STORE", str(uid), "FLAGS", "(" + " ".join(sorted(flags)) + ")")
+        assert typ == "OK", data
+    finally:
+        c.logout()
+
+
+def test_flag_change_by_other_client_shown_after_the_window(env):
+    """A flag change another client made is shown by every getxattr that starts
+    FLAGS_FRESH s later, although getxattr answers from the tree (issue 12): the
+    refresh it shares is counted from before its SELECT, so the bound is exact
+    (a wait of exactly FLAGS_FRESH, no margin). Without CONDSTORE (idle-only)
+    no sync reads flags, so only that refresh can show the change."""
+    d, m = env
+    f = fresh(d, m, "FlagWindow")
+    uid = d.append(f, msg("window"))
+    p = within(IN_USE, lambda: by_uid(m, f).get(uid))
+    for flags in ({"\\Flagged", "$Phone"}, {"\\Seen"}, set(), {"\\Answered", "$Label1"}):
+        os.getxattr(p, "user.imap.flags")  # the folder is fresh now, from before the change
+        _store_flags(d, f, uid, flags)
+        time.sleep(FLAGS_FRESH)
+        assert set(os.getxattr(p, "user.imap.flags").decode().split()) == flags
+        assert d.flags(f)[uid] - {"\\Recent"} == flags
+
+
+def test_flags_of_a_folder_cost_one_refresh(env, tmp_mountpoint, make_proxy, make_mount):
+    """getxattr user.imap.flags over a whole folder costs one refresh per
+    FLAGS_FRESH window, not a FETCH per message, and readers arriving together
+    share one refresh; every value is still the server's (issue 12)."""
+    d, _m = env
+    f = "FlagCost"
+    n = 100
+    d.create(f)
+    seen = d.append_many(f, [msg(f"cost-seen-{i}") for i in range(n // 2)], flags="\\Seen")
+    d.append_many(f, [msg(f"cost-work-{i}") for i in range(n - n // 2)], flags="\\Flagged $Work")
+    _store_flags(d, f, seen[0], {"\\Answered"})
+    p = make_proxy(d.host, d.port)
+    mnt = make_mount(f"imap://{d.user}@127.0.0.1:{p.port}/", tmp_mountpoint, ["tls=off", f"poll={POLL}"],
+                     password=d.password)
+    paths = within(IN_USE, lambda: by_uid(mnt, f) if len(by_uid(mnt, f)) == n else None)
+    server = {u: fl - {"\\Recent"} for u, fl in d.flags(f).items()}
+
+    def commands() -> int:
+        return len(_FLAG_COMMANDS.findall(p.client_bytes()))
+
+    # A window costs at most 5 commands: a refresh is a SELECT (+ FETCH CHANGEDSINCE);
+    # without CONDSTORE, SELECT, UID SEARCH and UID FETCH 1:* FLAGS, after the lone
+    # read that found the folder stale (SELECT + UID FETCH of its message). Allowed:
+    # one such per window begun, plus one for a sync change tracking may run
+    # meanwhile. A FETCH per message would be n.
+    time.sleep(FLAGS_FRESH)
+    before, t0 = commands(), time.monotonic()
+    got = {u: set(os.getxattr(q, "user.imap.flags").decode().split()) for u, q in paths.items()}
+    spent, elapsed = commands() - before, time.monotonic() - t0
+    assert got == server
+    assert spent <= 5 * (2 + int(elapsed / FLAGS_FRESH)), (spent, elapsed)
+
+    # Readers arriving together after the window: they share one refresh.
+    readers = 24
+    some = sorted(paths)[:readers]
+    time.sleep(FLAGS_FRESH)
+    start = threading.Barrier(readers)
+    out: dict[int, set[str]] = {}
+
+    def read(u: int) -> None:
+        start.wait()
+        out[u] = set(os.getxattr(paths[u], "user.imap.flags").decode().split())
+
+    before, t0 = commands(), time.monotonic()
+    threads = [threading.Thread(target=read, args=(u,)) for u in some]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    spent, elapsed = commands() - before, time.monotonic() - t0
+    assert out == {u: server[u] for u in some}
+    assert spent <= 5 * (2 + int(elapsed / FLAGS_FRESH)), (spent, elapsed)
+
+
 def test_folder_create_delete_rename_by_other_client(env):
     d, m = env
     d.create("Made/Elsewhere")
