@@ -29,11 +29,12 @@ from typing import Any
 
 import trio
 
+from .connection import Connection
 from .disk import Disk
 from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
-from .pending import PendingFile
-from .connection import Connection
 from .model import Folder, FolderState, Msg, check_date, check_flags, without_recent
+from .pending import PendingFile
+from .store import NoSuchEntry
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class Journal:
         # What each recorded move or delete shows (by journal seq): taken down as soon as
         # that entry is done, whatever else the journal still owes the folders involved.
         self._shown: dict[int, list[_Overlay]] = {}
+        # (folder, UIDVALIDITY, UID) the entry being replayed stored, if it was an APPEND
+        self._appended: tuple[bytes, int, int] | None = None
         tree.attach_journal(self)
 
     # -- recording --------------------------------------------------------------
@@ -315,12 +318,21 @@ class Journal:
             for key in ("src", "dest", "folder", "trash"):
                 if isinstance(e.args.get(key), bytes):
                     touched.add(e.args[key])
+            # Settled at the next round should this replay stop before its own settle.
+            self._unsettled |= touched
+            self._appended = None
             try:
                 # Shielded: a change sent to the server is also marked done, even if
                 # the mount is being torn down (else the next mount would redo it).
                 with trio.CancelScope(shield=True):
                     outcome = await self._apply(e)
                     await self.disk.call(self.store.journal_done, e.seq, outcome)
+            except NoSuchEntry:
+                # Superseded while this replay held it (the file changed again, and its
+                # newer version is recorded or stored): nothing to do, or, if the APPEND
+                # went through meanwhile, our copy of the older version to take back.
+                await self._take_back(e)
+                continue
             except Skip as s:
                 await self.disk.call(self.store.journal_skip, e.seq, str(s))
                 self.pending -= 1
@@ -333,12 +345,37 @@ class Journal:
                 log.info("replay paused: %s", err)
                 return
             except Exception as err:  # noqa: BLE001 - any failure is this entry's
-                if await self._failed(e, err):
+                try:
+                    if await self._failed(e, err):
+                        continue
+                except NoSuchEntry:  # superseded meanwhile (its blob went with it): as above
+                    await self._take_back(e)
                     continue
                 break  # keep the order: later changes may depend on this one
             self.pending -= 1
             log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
         await self._settle(touched)
+
+    async def _take_back(self, e: Any) -> None:
+        stored = self._appended
+        if e.op != "append" or stored is None:
+            log.info("offline change #%d was superseded by a newer version of its file", e.seq)
+            return
+        box, uidv, uid = stored
+
+        def expunge(c: Connection) -> None:
+            info = c.select(box)
+            if info.uidvalidity == uidv and c.uid_exists(box, uidv, uid):
+                c.expunge_message(box, uidv, uid)
+
+        try:
+            with trio.CancelScope(shield=True):
+                await self.tree.pool.run(expunge, retry=False)
+            log.info("offline change #%d was superseded while it was sent: its copy (UID %d) is removed again",
+                     e.seq, uid)
+        except ImapfsError as err:
+            log.warning("offline change #%d was superseded while it was sent; an older version of the file "
+                        "stays in %s as UID %d: %s", e.seq, box.decode("ascii", "replace"), uid, err)
 
     async def _failed(self, e: Any, err: BaseException) -> bool:
         """Count a failed attempt of entry *e*; set it aside at its limit. True: go on with the next.
@@ -580,6 +617,8 @@ class Journal:
                 except ImapfsError as err:
                     log.warning("offline change #%d stored, but a copy of an earlier version stays: %s",
                                 e.seq, err)
+            if where:
+                self._appended = (folder, where[0], where[1])
             return outcome + (f" as UID {where[1]}" if where else "")
 
         return await pool.run(append, retry=False)

@@ -628,3 +628,89 @@ def test_a_replayed_move_shows_once_while_a_later_entry_keeps_its_folder_busy(ri
     assert m.path("B", xs[0]).read_bytes() == d.fetch_all("B")[uid]
     eventually(lambda: pending(m) == 0, timeout=60)
     assert [n for n in shown() if not n.startswith("empty")] == xs
+
+
+def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path):
+    """Issue 10 (soak, seed 12): the uploader stored a newer version of a file (superseding
+    its journal record) while a replay held that record. The replay stopped at "no pending
+    journal entry", skipped its settle, and the writers' names of everything it had just
+    stored stayed listed for good. Now a superseded entry is passed over; one whose APPEND
+    went through meanwhile has that copy of the older version taken back (in-process)."""
+    import trio
+
+    from imapfs.offline import Journal
+    from imapfs.store import Store
+    from imapfs.tree import Tree
+
+    class Info:
+        uidvalidity = 9
+
+    class Conn:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+            self.boxes: dict[int, bytes] = {}
+            self.supersede_during: dict[bytes, int] = {}  # APPEND of these bytes: skip that seq meanwhile
+
+        def append(self, folder, data, flags, date):
+            uid = len(self.boxes) + 1
+            self.boxes[uid] = data
+            for marker, seq in self.supersede_during.items():
+                if marker in data:
+                    self.store.journal_skip(seq, "superseded by a later version of the file")
+            return (9, uid)
+
+        def select(self, box):
+            return Info()
+
+        def uid_exists(self, box, uidv, uid):
+            return uid in self.boxes
+
+        def expunge_message(self, box, uidv, uid):
+            del self.boxes[uid]
+
+    class Pool:
+        capabilities: frozenset = frozenset({"UIDPLUS"})
+        last_error = None
+        forced_offline = False
+        online = True
+
+        def __init__(self, conn: Conn) -> None:
+            self.conn = conn
+
+        def available(self) -> bool:
+            return True
+
+        async def run(self, fn, *args, **kwargs):
+            return fn(self.conn)
+
+        async def run_list(self, *args, **kwargs):
+            from imapfs.errors import ServerUnavailable
+            raise ServerUnavailable("the folder list is not part of this test")
+
+    class Disk:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+        async def call(self, fn, *args):
+            return fn(*args)
+
+    def body(mid: str) -> bytes:
+        return f"Message-ID: <{mid}@t>\r\nSubject: {mid}\r\n\r\n{mid}\r\n".encode()
+
+    async def main(store: Store) -> None:
+        conn = Conn(store)
+        tree = Tree(Pool(conn))
+        journal = Journal(tree, Disk(store))
+        add = {mid: store.journal_add("append", {"folder": b"A", "flags": [], "date": None, "replaces": None,
+                                                 "name": f"{mid}.eml"}, body(mid))
+               for mid in ("old", "x", "y", "z")}
+        conn.supersede_during = {b"<old@t>": add["old"], b"<x@t>": add["y"]}
+        journal.pending = 4
+        await journal.replay()
+        stored = sorted(conn.boxes.values())
+        assert stored == sorted([body("x"), body("z")])  # old: taken back; y: never sent
+        assert store.journal_pending() == []  # one round did it all
+        assert journal.due  # and the folder still gets settled (its list could not be read here)
+
+    with Store(str(tmp_path / "c"), 1 << 30) as store:
+        trio.run(main, store)

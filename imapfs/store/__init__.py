@@ -35,12 +35,12 @@ from typing import Any
 
 from ..imapproto import ListEntry
 from ..records import FolderRecord, RawMeta
-from .base import Errors, StoreError, StoreFull, StoreLocked, fsync_dir, mkdirs
+from .base import Errors, NoSuchEntry, StoreError, StoreFull, StoreLocked, fsync_dir, mkdirs
 from .bodies import ATIME_GRANULARITY
 from .cache import Cache
 from .journal import HistoryEntry, JournalEntry, JournalStore
 
-__all__ = ["FolderRecord", "HistoryEntry", "JournalEntry", "Store", "StoreError", "StoreFull", "StoreLocked"]
+__all__ = ["FolderRecord", "HistoryEntry", "JournalEntry", "NoSuchEntry", "Store", "StoreError", "StoreFull", "StoreLocked"]
 
 log = logging.getLogger(__name__)
 

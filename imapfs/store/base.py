@@ -33,6 +33,11 @@ class StoreError(ImapfsError):
     """The local store failed; the message says what and where."""
 
 
+class NoSuchEntry(StoreError):
+    """The journal entry is no longer pending: finished or superseded meanwhile (a newer
+    version of its file was recorded or stored while a replay held the older one)."""
+
+
 class StoreFull(StoreError):
     """The disk holding the store is full (ENOSPC / SQLITE_FULL)."""
 

@@ -32,6 +32,7 @@ from typing import Any
 from .base import (
     SQLITE_CORRUPT,
     Errors,
+    NoSuchEntry,
     OneDb,
     StoreError,
     connect,
@@ -269,7 +270,7 @@ class JournalStore(OneDb):
             with tx(con):
                 cur = con.execute("UPDATE pending SET started=? WHERE seq=?", (self._clock(), seq))
                 if cur.rowcount != 1:
-                    raise StoreError(f"no pending journal entry {seq}")
+                    raise NoSuchEntry(f"no pending journal entry {seq}")
 
     def journal_failed(self, seq: int, error: str) -> None:
         """An attempt failed: count it, keep the entry for the next replay."""
@@ -280,7 +281,7 @@ class JournalStore(OneDb):
                 cur = con.execute("UPDATE pending SET attempts=attempts+1, last_error=?, last_attempt=? WHERE seq=?",
                                   (error, now, seq))
                 if cur.rowcount != 1:
-                    raise StoreError(f"no pending journal entry {seq}")
+                    raise NoSuchEntry(f"no pending journal entry {seq}")
                 con.execute("INSERT OR REPLACE INTO state VALUES ('last_error', ?)",
                             (json.dumps([now, f"journal entry {seq}: {error}"]),))
 
@@ -299,7 +300,7 @@ class JournalStore(OneDb):
             with tx(con):
                 row = con.execute("SELECT op, blob, args FROM pending WHERE seq=?", (seq,)).fetchone()
                 if row is None:
-                    raise StoreError(f"no pending journal entry {seq}")
+                    raise NoSuchEntry(f"no pending journal entry {seq}")
                 op, blob, args = row
                 if blob is not None and status == "skipped":
                     outcome = self._keep_blob(seq, blob, outcome)
