@@ -1,4 +1,5 @@
-from .mount import main
 import sys
+
+from .mount import main
 
 sys.exit(main())

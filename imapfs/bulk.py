@@ -37,8 +37,8 @@ import trio
 
 from .disk import Disk
 from .errors import ImapfsError, ProtocolError, ServerUnavailable, StaleError
-from .store import StoreError
 from .model import CHUNK, Folder, FolderState, Msg
+from .store import StoreError
 from .tree import Tree
 
 log = logging.getLogger(__name__)

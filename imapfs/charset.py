@@ -95,7 +95,7 @@ def _codecs_for(charset: str | None) -> tuple[str, ...]:
         return ()
     try:
         info = codecs.lookup(name)
-    except Exception:  # LookupError, or odd names a search function rejects
+    except Exception:  # noqa: BLE001 - LookupError, or odd names a search function rejects
         return ()
     if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
         return ()
@@ -220,7 +220,7 @@ def to_utf8(data: bytes, charset: str | None) -> bytes:
     for codec in tried:
         try:
             return _convert_strict(data, codec)
-        except Exception:  # UnicodeError, or a codec's own surprises
+        except Exception:  # noqa: BLE001 - UnicodeError, or a codec's own surprises
             continue
     return _utf8_or_cp1252(data)
 

@@ -134,7 +134,7 @@ class Content:
         if self.on_disk(m):
             whole = await self._disk_body(m)
             if whole is not None:
-                for i in range(0, max(1, (len(whole) + CHUNK - 1) // CHUNK)):
+                for i in range(max(1, (len(whole) + CHUNK - 1) // CHUNK)):
                     self.put((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
                 return whole[idx * CHUNK:(idx + 1) * CHUNK]
         data = await self.cached(key, lambda: self._fetch_chunk(m, idx))

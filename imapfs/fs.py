@@ -29,9 +29,9 @@ import trio
 
 from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOnly, Unsupported, errno_for
 from .imapproto import parse_internaldate
+from .model import Folder, Msg, check_date, split_flags
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
-from .model import Folder, Msg, check_date, split_flags
 from .tree import Tree
 
 if TYPE_CHECKING:  # mount hands the Bulk in
@@ -254,7 +254,8 @@ class Operations(pyfuse3.Operations):
     # -- lookups --------------------------------------------------------------
 
     @_guarded
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
         parent = self.tree.node(parent_inode)
         sname = os.fsdecode(name)
         if sname == ".":
@@ -639,7 +640,8 @@ _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def format_internaldate(epoch: int) -> bytes:
     """Seconds since the epoch → IMAP date-time in UTC, as APPEND takes it."""
     t = time.gmtime(epoch)
-    return f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000".encode()
+    return (f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000").encode()
 
 
 def parse_date_xattr(text: str) -> int:

@@ -18,11 +18,11 @@ import calendar
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .errors import ProtocolError
 
-Data = list[Union[bytes, tuple[bytes, bytes]]]
+Data = list[bytes | tuple[bytes, bytes]]
 Value = Any  # bytes | int | None | list[Value]
 
 # Limits on what one server reply may make us build (docs/reliability.md, "Limits").
@@ -85,7 +85,7 @@ _groups = re.Match.groups
 class _Parser:
     """Walks imaplib's chunk list and yields one top-level value at a time."""
 
-    def __init__(self, data: Iterable[Union[bytes, tuple[bytes, bytes]]], convert_atoms: bool = True) -> None:
+    def __init__(self, data: Iterable[bytes | tuple[bytes, bytes]], convert_atoms: bool = True) -> None:
         self._convert_atoms = convert_atoms  # False: numbers and NIL stay bytes (LIST names)
         self._chunks = iter(data)
         self._toks: Iterator[tuple[bytes, ...]] = iter(())
@@ -251,7 +251,7 @@ class _Parser:
                 raise ProtocolError("reply holds more than %d values" % MAX_VALUES)
 
 
-def parse(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[Value]:
+def parse(data: Iterable[bytes | tuple[bytes, bytes]]) -> list[Value]:
     """Parse every value in *data* (an imaplib untagged list) into a flat list."""
     return list(_Parser(data).values())
 
@@ -303,7 +303,7 @@ def _responses(data: Iterable[Any]) -> Iterator[list[Any]]:
         yield group
 
 
-def parse_fetch(data: Iterable[Union[bytes, tuple[bytes, bytes]]],
+def parse_fetch(data: Iterable[bytes | tuple[bytes, bytes]],
                 bad: list[FetchFailure] | None = None) -> Iterator[tuple[int, dict[bytes, Value]]]:
     """Yield ``(seq, {ITEM: value})`` for each ``* seq FETCH (...)`` in *data*.
 
@@ -346,7 +346,7 @@ class ListEntry:
     name: bytes  # the server's (modified UTF-7) name, exactly as sent
 
 
-def parse_list(data: Iterable[Union[bytes, tuple[bytes, bytes]]]) -> list[ListEntry]:
+def parse_list(data: Iterable[bytes | tuple[bytes, bytes]]) -> list[ListEntry]:
     """Parse LIST (or LSUB) untagged data; malformed entries are skipped."""
     out: list[ListEntry] = []
     for chunk in data:

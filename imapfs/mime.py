@@ -416,7 +416,7 @@ def _extension(part: BodyPart) -> str:
     if ext is None:
         try:
             ext = _mimetypes().guess_extension(mt, strict=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a type the mimetypes tables choke on gets the generic one
             ext = None
     if ext is None:
         ext = ".txt" if part.maintype == "text" else ".bin"

@@ -39,7 +39,8 @@ NodeKey = tuple[object, ...]  # what names a node for good: ("F", path), ("M", p
 # A flag we may send: a system flag, or a keyword, which is an atom (RFC 3501 flag-keyword = atom):
 # 1*ATOM-CHAR, any CHAR (US-ASCII 1-127) except ( ) { SP CTL % * " \ ]. "[" is an ATOM-CHAR.
 # \Recent is the server's alone (dropped before sending).
-_FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)|[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+)$", re.I | re.A)
+_FLAG = re.compile(r"^(\\(Seen|Answered|Flagged|Deleted|Draft|Recent)"
+                   r"|[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+)$", re.I | re.A)
 MAX_FLAG_LEN = 1000  # bytes of one keyword we send (RFC 5322 lines are 998; servers limit them too)
 MAX_FLAGS = 256  # keywords set on one message at once
 # INTERNALDATEs we send: 1970-01-01 to 9999-12-31 (4-digit years; imaplib fails outside)

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
+from typing import ClassVar
 
 import pyfuse3
 import trio
@@ -29,12 +30,12 @@ from .bulk import Bulk
 from .credentials import CommandCredential, Credential, FileCredential, StaticCredential
 from .disk import Disk
 from .errors import ConfigError, ConnectError, ImapfsError, TLSError
-from .offline import Journal, Keeper
-from .store import Store
 from .fs import KernelNotifier, Operations
+from .offline import Journal, Keeper
 from .parts import Parts
 from .records import Account
 from .session import Pool
+from .store import Store
 from .tree import Tree
 from .watch import Watcher
 
@@ -203,7 +204,7 @@ def fuse_options(cfg: cli.Config) -> set[str]:
         opts.add("allow_root")
     if cfg.auto_unmount:
         opts.add("auto_unmount")  # libfuse then mounts through fusermount3, which unmounts when we die
-    opts |= {o for o in cfg.fuse_options}
+    opts |= set(cfg.fuse_options)
     return opts
 
 
@@ -285,7 +286,8 @@ class _JournalFormatter(logging.Formatter):
     """For stderr that is the systemd journal: no timestamp (journald adds its own) and the
     ``<N>`` syslog priority prefix journald turns into the entry's priority (sd-daemon(3))."""
 
-    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
@@ -431,7 +433,8 @@ async def _serve(cfg: cli.Config, account: Account, ready: Callable[[], None], d
             await pool.close()
 
 
-async def _announce_ready(mountpoint: str, ready: Callable[[], None], timeout: float) -> None:
+async def _announce_ready(mountpoint: str, ready: Callable[[], None],
+                          timeout: float) -> None:  # noqa: ASYNC109 - a plain number from the config; the scope is inside
     """Call *ready* once the mount answers: a stat of its root, from a worker thread, has
     been served by pyfuse3.main() (running beside this task). So the background command's
     exit 0 and systemd's READY=1 both mean "usable now", not "about to be". After *timeout*

@@ -91,7 +91,7 @@ def _continues_cluster(text: str, i: int) -> bool:
 def _cut(text: str, max_bytes: int) -> str:
     """Longest prefix within max_bytes that does not split a character cluster."""
     total = 0
-    for i, ch in enumerate(text):
+    for i, ch in enumerate(text):  # noqa: B007 - i is used after the loop
         total += _char_bytes(ch)
         if total > max_bytes:
             break
@@ -265,7 +265,7 @@ def _lookup_charset(charset: str) -> str | None:
     name = _CHARSET_ALIASES.get(name, name)
     try:
         info = codecs.lookup(name)
-    except Exception:  # LookupError, or odd names the search functions reject
+    except Exception:  # noqa: BLE001 - LookupError, or odd names the search functions reject
         return None
     if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
         return None
@@ -384,10 +384,10 @@ def decode_subject(raw: bytes | None) -> str:
         if value is None:
             return ""
         text = _decode_encoded_words(_decode_utf8_or_cp1252(value))
-    except Exception:  # defensive: codecs are many and varied
+    except Exception:  # noqa: BLE001 - defensive: codecs are many and varied
         try:
             text = _decode_utf8_or_cp1252(bytes(raw))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a subject that cannot be read is shown empty
             return ""
     # Some codecs (utf-7, utf-16 with "replace") can yield lone surrogates.
     return _SURROGATE.sub("\ufffd", text).strip(" \t\r\n")

@@ -32,14 +32,15 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import cachetools
 import trio
 
 from . import mime, transfer
-from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .connection import Connection
+from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .inodes import Entry
 from .model import CHUNK, Msg
 from .tree import Tree

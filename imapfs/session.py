@@ -192,7 +192,7 @@ class Pool:
         """Make every idle connection leave *name* (and folders under it) before DELETE/RENAME."""
         for c in list(self._idle):
             sel = c.selected
-            if sel is not None and (sel == name or sel.startswith(name + b"/") or sel.startswith(name + b".")):
+            if sel is not None and (sel == name or sel.startswith((name + b"/", name + b"."))):
                 self._idle.remove(c)
                 try:
                     await trio.to_thread.run_sync(c.deselect, limiter=self._limiter)

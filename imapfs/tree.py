@@ -178,7 +178,7 @@ class Tree:
             if status is None:
                 raw = f.raw
                 try:
-                    status = await self.pool.run(lambda c: c.status(raw))
+                    status = await self.pool.run(lambda c: c.status(raw))  # noqa: B023 - awaited here
                 except (NotFound, CommandFailed):
                     continue
             if status_differs(st, status):

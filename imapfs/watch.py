@@ -33,11 +33,11 @@ from collections.abc import Callable
 import trio
 
 from . import imapproto
-from .errors import ImapfsError, ProtocolError
 from .connection import Connection
 from .connection.wire import parse_status
-from .records import Account
+from .errors import ImapfsError, ProtocolError
 from .model import Folder, status_differs
+from .records import Account
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _Reader:
         self.sock.settimeout(timeout if not (pending and pending()) else 0.5)
         try:
             data = self.sock.recv(65536)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         if not data:
             raise EOFError("connection closed by the server")
@@ -397,7 +397,7 @@ class Watcher:
                 if lost and not await self.tree.pool.probe():
                     log.info("push connection lost and the server does not answer: offline")
                     continue  # the pool's backoff decides when to try again; rounds would only fail
-                if verify or self.tree.pool.online and not was_online:
+                if verify or (self.tree.pool.online and not was_online):
                     # (Re)connected: what happened meanwhile is unknown; compare everything.
                     next_full = clock()
                 was_online = self.tree.pool.online
@@ -446,7 +446,7 @@ class Watcher:
                     continue
                 raw = f.raw
                 assert raw is not None
-                status = await tree.pool.run(lambda c: c.status(raw))
+                status = await tree.pool.run(lambda c: c.status(raw))  # noqa: B023 - awaited here
                 if f.state is not None and status_differs(f.state, status):
                     todo[raw] = f
         for raw, f in todo.items():

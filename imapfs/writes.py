@@ -493,7 +493,8 @@ class Writes:
             n.path = new_path + n.path[len(old_path):]
             for attr in ("raw", "wire"):
                 w = getattr(n, attr)
-                if w is not None and (w == old_raw or w.startswith(old_raw + (self.tree.delimiter or "").encode("utf-8"))):
+                if w is not None and (w == old_raw
+                                      or w.startswith(old_raw + (self.tree.delimiter or "").encode("utf-8"))):
                     setattr(n, attr, new_raw + w[len(old_raw):])
             stack.extend(n.children.values())
         f.parent = dest

@@ -91,7 +91,8 @@ class ConnectionBase:
             raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {msg}") from None
         except (OSError, EOFError, ssl.SSLError) as e:
             self.broken = True
-            raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {e or type(e).__name__}") from None
+            raise ServerUnavailable(
+                f"{what}: connection to {self.account.label} lost: {e or type(e).__name__}") from None
         except imaplib.IMAP4.error as e:
             msg = reply_text(e.args[0] if e.args else e)
             if " command error: BAD " not in msg:  # not a BAD answer: imaplib lost its footing
@@ -225,9 +226,9 @@ class ConnectionBase:
         self.selected = None
         self.select_info = None
         if "UNSELECT" in self.capabilities:
-            typ, dat = self._cmd("UNSELECT", lambda i: i._simple_command("UNSELECT"))
+            typ, _ = self._cmd("UNSELECT", lambda i: i._simple_command("UNSELECT"))
         else:
-            typ, dat = self._cmd("EXAMINE INBOX", lambda i: i._simple_command("EXAMINE", "INBOX"))
+            typ, _ = self._cmd("EXAMINE INBOX", lambda i: i._simple_command("EXAMINE", "INBOX"))
         if self.imap is not None:
             self.imap.state = "AUTH" if typ == "OK" and "UNSELECT" in self.capabilities else self.imap.state
 

@@ -29,9 +29,9 @@ def _saslname(user: str) -> str:
 def _oauth_response(mech: str, user: str, token: str, host: str, port: int) -> bytes:
     """The client's first message for XOAUTH2 (Google/Microsoft) or OAUTHBEARER (RFC 7628)."""
     if mech == "XOAUTH2":
-        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode("utf-8")
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
     return (f"n,a={_saslname(user)},\x01host={host}\x01port={port}\x01"
-            f"auth=Bearer {token}\x01\x01").encode("utf-8")
+            f"auth=Bearer {token}\x01\x01").encode()
 
 
 def _oauth_error(challenge: bytes) -> str:
@@ -61,7 +61,7 @@ class Login(ConnectionBase):
             raise TLSError(f"TLS certificate of {a.host}:{a.port} refused: {e.verify_message or e.reason}") from None
         except ssl.SSLError as e:
             raise TLSError(f"TLS handshake with {a.host}:{a.port} failed: {e.reason or e}") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise ConnectError(f"cannot connect to {a.host}:{a.port}: timed out") from None
         except socket.gaierror as e:
             raise ConnectError(f"cannot resolve {a.host}: {e.strerror or e}") from None
@@ -78,7 +78,7 @@ class Login(ConnectionBase):
             self._login()
             self._refresh_capabilities()
             if "QRESYNC" in self.capabilities and "ENABLE" in self.capabilities:
-                typ, dat = self._cmd("ENABLE", lambda i: i._simple_command("ENABLE", "QRESYNC"))
+                typ, _ = self._cmd("ENABLE", lambda i: i._simple_command("ENABLE", "QRESYNC"))
                 self.qresync = typ == "OK"
         except BaseException:
             self.close()
@@ -108,7 +108,8 @@ class Login(ConnectionBase):
         except ssl.SSLError as e:
             raise TLSError(f"TLS handshake with {a.host}:{a.port} failed: {e.reason or e}") from None
         except (imaplib.IMAP4.error, OSError, EOFError) as e:
-            raise TLSError(f"STARTTLS with {a.host}:{a.port} failed: {reply_text(e.args[0] if e.args else e)}") from None
+            raise TLSError(
+                f"STARTTLS with {a.host}:{a.port} failed: {reply_text(e.args[0] if e.args else e)}") from None
 
     def _login(self) -> None:
         """Log in; raise AuthError/ConnectError whose text never holds the secret.
@@ -201,7 +202,7 @@ class Login(ConnectionBase):
 
                 imap.authenticate(mech, respond)
             elif mech == "PLAIN":
-                plain = f"\0{a.user}\0{secret}".encode("utf-8")
+                plain = f"\0{a.user}\0{secret}".encode()
                 imap.authenticate("PLAIN", lambda _challenge: plain)
             elif a.user.isascii() and secret.isascii():
                 imap.login(a.user, secret)

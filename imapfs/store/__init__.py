@@ -40,7 +40,8 @@ from .bodies import ATIME_GRANULARITY
 from .cache import Cache
 from .journal import HistoryEntry, JournalEntry, JournalStore
 
-__all__ = ["FolderRecord", "HistoryEntry", "JournalEntry", "NoSuchEntry", "Store", "StoreError", "StoreFull", "StoreLocked"]
+__all__ = ["FolderRecord", "HistoryEntry", "JournalEntry", "NoSuchEntry", "Store", "StoreError", "StoreFull",
+           "StoreLocked"]
 
 log = logging.getLogger(__name__)
 
