@@ -428,9 +428,11 @@ class Demo:
         inbox_data = [data for data, _f, _w in sample_mailbox()["INBOX"]]
         lunch, photo, welcome = self.eml("INBOX", 1), self.eml("INBOX", 4), self.eml("INBOX", 0)
 
-        want_top = {"INBOX", "Archive", "Entwürfe", "Tom & Jerry", "Trash"} | ({"Corpus"} if "Corpus" in self.uids else set())
+        want_top = ({"INBOX", "Archive", "Entwürfe", "Tom & Jerry", "Trash"}
+                    | ({"Corpus"} if "Corpus" in self.uids else set()))
         run(["ls", str(mp)], "folders are directories",
-            lambda out, _b: None if want_top <= set(out.splitlines()) else f"missing {want_top - set(out.splitlines())}")
+            lambda out, _b: (None if want_top <= set(out.splitlines())
+                             else f"missing {want_top - set(out.splitlines())}"))
         run(["ls", "-l", str(mp / "INBOX")], "messages are files",
             lambda out, _b: None if sum(l.endswith(".eml") for l in out.splitlines()) >= len(inbox_data)
             else "too few .eml files")

@@ -55,7 +55,6 @@ import argparse
 import imaplib
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -153,7 +152,7 @@ class Listener(threading.Thread):
             while not self.stop.is_set():
                 try:
                     data = sock.recv(65536)
-                except (socket.timeout, TimeoutError):
+                except TimeoutError:
                     data = None
                 if data == b"":
                     self.eof = "EOF"

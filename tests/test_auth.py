@@ -32,7 +32,7 @@ def _traces(password: str) -> list[bytes]:
     enc = password.encode("utf-8")
     return [password.encode("utf-8"), repr(password).encode("utf-8")[1:-1],
             repr(enc)[2:-1].encode("ascii"), password.encode("unicode_escape"),
-            base64.b64encode(f"\0{USER}\0{password}".encode("utf-8")),
+            base64.b64encode(f"\0{USER}\0{password}".encode()),
             # a prefix long enough to be the password, short enough to survive truncation
             password[:6].encode("utf-8")]
 

@@ -563,7 +563,7 @@ def test_option_lists_agree():
 
 def test_help_gives_every_option_a_default():
     rows = [line for line in USAGE.split("Options (-o):", 1)[1].split("\n\n", 1)[0].splitlines()
-            if re.match(r"  \S", line) and not line.split()[0] == "OPTION"]
+            if re.match(r"  \S", line) and line.split()[0] != "OPTION"]
     assert len(rows) == len(_help_names()[1]) > 30
     for row in rows:
         assert re.match(r"  \S+\s+\S", row) and len(row.split()) >= 3, row

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import inspect
-import socket
 import ssl
 
 import pytest
@@ -19,10 +18,10 @@ from imapfs.errors import (
     InvalidArgument,
     NotEmpty,
     NotFound,
+    Offline,
     ProtocolError,
     ReadOnly,
     ServerUnavailable,
-    Offline,
     StaleError,
     TLSError,
     TooLarge,
@@ -86,7 +85,7 @@ def test_unknown_exceptions_are_eio(exc):
     OSError(errno.ECONNRESET, "reset"),
     ConnectionResetError(),
     BrokenPipeError(),
-    socket.timeout(),
+    TimeoutError(),
     ssl.SSLError(),
     # Even an OSError that carries a meaningful errno maps to EIO: the mount
     # must not claim "no such file" because the *connection* said ENOENT.

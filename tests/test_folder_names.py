@@ -30,8 +30,6 @@ from tests.support.mount import Mount
 from tests.test_write import eventually
 
 
-
-
 def wire_folders(d: Dovecot) -> set[bytes]:
     """The server's folder names exactly as LIST sends them (our own parser: the oracle)."""
     c = d.client()

@@ -16,8 +16,15 @@ import pytest
 from tests.support import dovecot as dv
 from tests.support.corpus import corpus_dir, to_crlf
 from tests.support.dovecot import Dovecot, DovecotError, mutf7_decode, mutf7_encode
-from tests.support.mount import (MOUNT_TIMEOUT, Mount, MountError, assert_not_mounted,
-                                 imapfs_command, is_bad_line, is_mounted)
+from tests.support.mount import (
+    MOUNT_TIMEOUT,
+    Mount,
+    MountError,
+    assert_not_mounted,
+    imapfs_command,
+    is_bad_line,
+    is_mounted,
+)
 
 # Time bounds in these tests are generous on purpose: the suite runs on 2 shared
 # cores, where a thread can stall for a second.  Each bound only catches a helper
@@ -250,7 +257,7 @@ def test_starttls_and_imaps_verify_with_the_throwaway_ca(dovecot, tls):
 
 def test_wrong_name_and_unknown_issuer_are_refused(make_dovecot, tls):
     wrong = make_dovecot(ssl_cert=tls.wrong_name_cert, ssl_key=tls.wrong_name_key)
-    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"mismatch|match"):
         imaplib.IMAP4_SSL(wrong.host, wrong.ssl_port, ssl_context=_ctx(tls.ca_file))
     other = make_dovecot(ssl_cert=tls.other_cert, ssl_key=tls.other_key)
     with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imapfs.errors import ProtocolError
 from imapfs import imapproto
+from imapfs.errors import ProtocolError
 from imapfs.imapproto import (
     FetchFailure,
     ListEntry,
@@ -1179,7 +1180,7 @@ def test_uid_set_round_trip(uids):
     assert parse_uid_set(text.encode()) == sorted(uids)
     # Maximal ranges: one part per run of consecutive uids, and no part is a:a.
     s = sorted(uids)
-    runs = 1 + sum(1 for a, b in zip(s, s[1:]) if b != a + 1)
+    runs = 1 + sum(1 for a, b in itertools.pairwise(s) if b != a + 1)
     parts = text.split(",")
     assert len(parts) == runs
     assert all(p.count(":") <= 1 and (":" not in p or p.split(":")[0] != p.split(":")[1]) for p in parts)

@@ -127,7 +127,7 @@ def test_undecodable_part_is_served_raw(env):
 def test_every_corpus_part_reads_with_exact_size(env):
     count = 0
     for parts in sorted(env.m.path("Corpus").glob("*.parts")):
-        for root, dirs, files in os.walk(parts):
+        for root, _dirs, files in os.walk(parts):
             for f in files:
                 path = Path(root) / f
                 data = path.read_bytes()  # never EIO for merely malformed mail

@@ -266,3 +266,62 @@ def test_the_command_names_what_could_not_be_stored(monkeypatch, tmp_path, capsy
     assert cmd.main([str(tmp_path / "F")], out=err) == 1
     assert "prefetch: F/x #2.eml: the server did not deliver it" in err.text
     assert "1 messages could not be stored" in err.text and "prefetch: done" not in err.text
+
+
+def test_messages_of_one_command_are_counted_together_whatever_the_timing(tmp_path):
+    """`imapfs prefetch a.eml b.eml c.eml` starts one request per message; when the job of
+    the first had already ended as the next request came, that job used to be replaced, and
+    the command reported (and judged "done" on) the last requests only: a flaky
+    test_prefetch_of_single_messages_on_a_read_only_mount. Here the first job always ends first."""
+    import trio
+
+    from imapfs.bulk import Bulk
+    from imapfs.disk import Disk
+    from imapfs.imapproto import ListEntry
+    from imapfs.prefetch import parse
+    from imapfs.store import Store
+    from imapfs.tree import Tree
+
+    bodies = {u: msg(f"o{u}", f"s{u}", "u" * (1000 + u)) for u in range(1, 11)}
+    conn = _Conn(bodies)
+    reports = []
+
+    async def main() -> None:
+        store = Store(tmp_path / "cache", 1 << 30)
+        disk = Disk(store)
+        try:
+            tree = Tree(_Pool(conn), disk=disk)
+            tree._apply_list([ListEntry(frozenset(), "/", b"Box")])
+            folder = tree.root.children["Box"]
+            msgs = (await tree.sync(folder)).msgs
+            await disk.flush()  # the folder's state in the store, then 9.eml on disk before the command
+            store.put_bodies([(b"Box", 7, 9, bodies[9])])
+            assert store.get_body(b"Box", 7, 9) == bodies[9]
+            bulk = Bulk(tree, disk)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bulk.run)
+                await trio.testing.wait_all_tasks_blocked()
+                # One command: 4.eml (its job ends before the next request), then 9.eml and 5.eml.
+                await bulk.start(msgs[4])
+                await bulk.jobs[folder].finished.wait()
+                await bulk.start(msgs[9])
+                await bulk.start(msgs[5])
+                await bulk.jobs[folder].finished.wait()
+                reports.append(parse(bulk.progress(msgs[4])))
+                # The next command, once that progress was read, is counted on its own.
+                await bulk.start(msgs[6])
+                await bulk.jobs[folder].finished.wait()
+                reports.append(parse(bulk.progress(msgs[6])))
+                nursery.cancel_scope.cancel()
+            assert {u for u in bodies if store.get_body(b"Box", 7, u) is not None} == {4, 5, 6, 9}
+        finally:
+            await disk.close()
+
+    trio.run(main)
+    first, second = reports
+    assert first["state"] == "done" and not first["lines"], first
+    assert (first["messages"], first["cached"], first["total"], first["done"]) == (3, 1, 2, 2), first
+    assert first["done_bytes"] == first["bytes"] == len(bodies[4]) + len(bodies[5])
+    assert second["state"] == "done"
+    assert (second["messages"], second["cached"], second["total"], second["done"]) == (1, 0, 1, 1), second
+    assert sorted(u for batch in conn.fetched for u in batch) == [4, 5, 6]  # each fetched once

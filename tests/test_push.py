@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 
-
 from imapfs.records import Account
 from imapfs.watch import PushListener
 from tests.support.dovecot import DOVECOT_CAPABILITIES
@@ -28,10 +27,10 @@ def _msg(i: int) -> bytes:
             f"Message-ID: <bulk-{i}@example.org>\r\n\r\nbody {i}\r\n").encode()
 
 
-def _start(d, mode: str = "notify", timeout: float = 10) -> tuple[PushListener, threading.Thread, "queue.Queue[tuple]"]:
+def _start(d, mode: str = "notify", timeout: float = 10) -> tuple[PushListener, threading.Thread, queue.Queue[tuple]]:
     """A live PushListener on *d*, once its session runs in *mode*."""
     account = Account(d.host, d.port, d.user, lambda kind, fresh: d.password, tls="off", timeout=10)
-    events: "queue.Queue[tuple]" = queue.Queue()
+    events: queue.Queue[tuple] = queue.Queue()
     caps = frozenset(DOVECOT_CAPABILITIES)
     listener = PushListener(account, lambda: caps, events.put)
     thread = threading.Thread(target=listener.run, daemon=True)
@@ -49,7 +48,7 @@ def _stop(listener: PushListener, thread: threading.Thread) -> None:
     assert not thread.is_alive()
 
 
-def _wait_for(events: "queue.Queue[tuple]", want: tuple, timeout: float) -> float | None:
+def _wait_for(events: queue.Queue[tuple], want: tuple, timeout: float) -> float | None:
     """Seconds until ``want`` was reported, or None within ``timeout``."""
     t0 = time.monotonic()
     while (left := t0 + timeout - time.monotonic()) > 0:

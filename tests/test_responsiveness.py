@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from imapfs.records import RawMeta
 from imapfs.model import Folder, FolderState, Msg, MsgTable
+from imapfs.records import RawMeta
 from imapfs.tree import Tree
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount

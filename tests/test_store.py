@@ -34,8 +34,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from imapfs.errors import ImapfsError
 from imapfs.imapproto import ListEntry
 from imapfs.records import RawMeta
-from imapfs.store import base as store_base
-from imapfs.store import journal as store_journal
 from imapfs.store import (
     FolderRecord,
     Store,
@@ -43,6 +41,8 @@ from imapfs.store import (
     StoreFull,
     StoreLocked,
 )
+from imapfs.store import base as store_base
+from imapfs.store import journal as store_journal
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 40
@@ -161,7 +161,7 @@ def test_corrupt_journal_is_refused_and_left_alone(root: Path):
         st_.journal_add("mkdir", {"name": b"X"})
     garbage = b"garbage, not sqlite" * 300
     (root / "journal.db").write_bytes(garbage)
-    with pytest.raises(StoreError, match="journal .* is damaged"):
+    with pytest.raises(StoreError, match=r"journal .* is damaged"):
         Store(root, BIG)
     assert (root / "journal.db").read_bytes() == garbage
     fd = os.open(root / "lock", os.O_RDWR)  # and the lock was released on the way out
@@ -607,11 +607,11 @@ def test_concurrent_threads(root: Path):
                     data = bytes([k]) * (1000 + i * 50)
                     s.put_body(n, 1, uid, data, fsync=False)
                     got = s.get_body(n, 1, (i * 7) % 15 + 1)
-                    assert got is None or set(got) <= {0, 1, 2, 3, 4, 5} and len(set(got)) == 1
+                    assert got is None or (set(got) <= {0, 1, 2, 3, 4, 5} and len(set(got)) == 1)
                     if i % 20 == 19:
                         s.remove_messages(n, 1, [uid])
                     s.journal_add("flags", {"folder": n, "i": i})
-            except BaseException as e:  # pragma: no cover - reported below
+            except BaseException as e:  # noqa: BLE001 - reported below  # pragma: no cover
                 errors.append(e)
 
         ts = [threading.Thread(target=work, args=(n, k)) for k, n in enumerate([b"A", b"B", b"C", b"A", b"B"])]

@@ -189,7 +189,7 @@ def test_new_file_takes_flags_and_date_from_xattrs(env):
         os.setxattr(p, "user.imap.flags", b"\\Seen $Label1")
         os.setxattr(p, "user.imap.internaldate", b"01-Feb-2020 10:00:00 +0000")
     eventually(lambda: message_ids(env.d, a) == ["x1"])
-    flags = list(env.d.flags(a).values())[0]
+    flags = next(iter(env.d.flags(a).values()))
     assert {"\\Seen", "$Label1"} <= set(flags)
     (canonical,) = eventually(lambda: [q for q in env.eml(a) if q.name != "new.eml"])
     assert canonical.name.startswith("2020-02-01_1000 ")

@@ -24,10 +24,10 @@ import threading
 
 import pytest
 
-from imapfs.fs import parse_date_xattr
 from imapfs.errors import InvalidArgument
-from imapfs.offline import message_id
+from imapfs.fs import parse_date_xattr
 from imapfs.model import _FLAG
+from imapfs.offline import message_id
 from tests.support import dovecot as dv
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
@@ -332,7 +332,7 @@ def test_setxattr_refuses_unsendable_values_and_changes_nothing(rig):
                 os.setxattr(p, name, value)
             assert e.value.errno == errno.EINVAL, (name, value)
     eventually(lambda: message_ids(rig.d, a) == ["bx", "bx-new"], timeout=20)
-    flags = {u: f for u, f in rig.d.flags(a).items()}
+    flags = dict(rig.d.flags(a))
     assert sorted(map(sorted, flags.values())) == [["$Good"], ["\\Flagged"]]
     new = [q for q in rig.m.path(a).glob("*.eml") if q.name.startswith("2020-02-01_1000 ")]
     assert len(new) == 1

@@ -281,7 +281,7 @@ def warm_files(path: Path) -> None:
 
 def chown_tree(path: Path, user: str = "mail") -> None:
     pw = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chown(root, pw.pw_uid, pw.pw_gid)
         for n in files:
             os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)

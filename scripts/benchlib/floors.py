@@ -67,7 +67,7 @@ class FloorMount:
         self.proc: subprocess.Popen | None = None
         self.notes: list[str] = []
 
-    def __enter__(self) -> "FloorMount":
+    def __enter__(self) -> FloorMount:
         from tests.support import die_with_parent
         from tests.support.mount import is_mounted
         self.mountpoint.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from .base import BenchBase
-from .common import (BIG_FOLDER, FOLDER, HUGE_FOLDER, MB, NEEDLE, StepError, fmt_s, log,
-                     proc_cpu)
+from .common import BIG_FOLDER, FOLDER, HUGE_FOLDER, MB, NEEDLE, StepError, fmt_s, log, proc_cpu
 from .corpus import chown_tree, generate_small, maildir_folder
 from .imap import index_folder
 from .mounts import MountRun
@@ -264,7 +263,8 @@ class ImapfsSteps(BenchBase):
             self.profile_summary = summarize_profile(self.profile_raw)
             (self.profile_raw.parent / "cold-grep-summary.txt").write_text(self.profile_summary)
         else:
-            self.profile_summary = "py-spy wrote no profile: " + (p.stderr.read() or b"").decode(errors="replace")[-500:]
+            self.profile_summary = ("py-spy wrote no profile: "
+                                    + (p.stderr.read() or b"").decode(errors="replace")[-500:])
 
     # -- the 100k listing
     def huge(self) -> None:

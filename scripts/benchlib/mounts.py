@@ -80,7 +80,7 @@ class MountRun:
                            env_extra=env, command=cmd)
         self.notes: list[str] = []
 
-    def __enter__(self) -> "MountRun":
+    def __enter__(self) -> MountRun:
         self.mount.start()
         return self
 

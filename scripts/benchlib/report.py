@@ -142,8 +142,9 @@ class Report(BenchBase):
         if a.big:
             print(f"imapfs benchmark, --big: {a.big_n} messages in one folder, seed={a.seed}")
         else:
+            store = "dropped from the page cache before cold steps" if a.cold_server else "in the page cache"
             print(f"imapfs benchmark: N={a.n}, seed={a.seed}, rtt={'skipped' if a.skip_rtt else f'{a.rtt:g} ms'}, "
-              f"server store {'dropped from the page cache before cold steps' if a.cold_server else 'in the page cache'}")
+                  f"server store {store}")
         print(f"machine: nproc {info.get('nproc')}, {info.get('cpu')}, kernel {info.get('kernel')}, "
               f"{info.get('dovecot') and 'Dovecot ' + info.get('dovecot').split()[0]}, {info.get('mbsync')}, "
               f"imapfs {info.get('imapfs_commit')}, load average {info['loadavg_start']:.2f} at start, "

@@ -7,8 +7,8 @@ import time
 
 from .baselines import Baselines
 from .common import FOLDER, REPO, StepError, log, machine_info
-from .imap import imap_connect
 from .floors import FLOOR_KEYS, Floors
+from .imap import imap_connect
 from .imapfs_steps import ImapfsSteps
 from .proxy import LatencyProxy
 from .report import Report

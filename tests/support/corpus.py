@@ -37,7 +37,7 @@ def _is_mail(path: Path, data: bytes) -> bool:
     return any(_HEADER.match(l) or l.startswith(b"From ") for l in lines)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(root: str, sub: str) -> tuple[tuple[str, bytes], ...]:
     base = Path(root) / sub
     if not base.is_dir():

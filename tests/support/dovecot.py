@@ -176,7 +176,7 @@ class DovecotError(RuntimeError):
     pass
 
 
-_live: "weakref.WeakSet[Dovecot]" = weakref.WeakSet()
+_live: weakref.WeakSet[Dovecot] = weakref.WeakSet()
 
 
 @atexit.register
@@ -245,7 +245,7 @@ class Dovecot:
         if isinstance(users, Mapping):
             self.users = dict(users)
         else:
-            self.users = {u: password for u in users}
+            self.users = dict.fromkeys(users, password)
         if not self.users:
             raise ValueError("need at least one user")
         for u, pw in self.users.items():
@@ -388,7 +388,7 @@ protocol imap {{
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "Dovecot":
+    def start(self) -> Dovecot:
         if self.running:
             return self
         for attempt in range(3):
@@ -474,7 +474,7 @@ protocol imap {{
             self._log_fh.close()
             self._log_fh = None
 
-    def restart(self) -> "Dovecot":
+    def restart(self) -> Dovecot:
         """Stop and start again on the same ports, with the same mail."""
         self.stop()
         return self.start()
@@ -499,7 +499,7 @@ protocol imap {{
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "Dovecot":
+    def __enter__(self) -> Dovecot:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -549,7 +549,7 @@ protocol imap {{
             if pw.isascii():
                 c.login(user, pw)
             else:  # imaplib's LOGIN sends ASCII only; SASL PLAIN is UTF-8 (RFC 4616)
-                c.authenticate("PLAIN", lambda _: f"\0{user}\0{pw}".encode("utf-8"))
+                c.authenticate("PLAIN", lambda _: f"\0{user}\0{pw}".encode())
         except BaseException:
             c.shutdown()
             raise

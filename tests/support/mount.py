@@ -24,8 +24,8 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -250,7 +250,7 @@ class Mount:
         return self.mountpoint.joinpath(*parts)
 
     # ------------------------------------------------------------- lifecycle
-    def start(self) -> "Mount":
+    def start(self) -> Mount:
         if self.proc is not None:
             raise RuntimeError("already started")
         if is_mounted(self.mountpoint):
@@ -413,7 +413,7 @@ class Mount:
                 self.forced = "killed"
             force_unmount(self.mountpoint)
 
-    def __enter__(self) -> "Mount":
+    def __enter__(self) -> Mount:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -70,7 +70,7 @@ class OAuthServer:
         return user if user is not None and time.time() < expiry else None
 
     # ----------------------------------------------------------- lifecycle
-    def start(self) -> "OAuthServer":
+    def start(self) -> OAuthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,7 +117,7 @@ class OAuthServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "OAuthServer":
+    def __enter__(self) -> OAuthServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

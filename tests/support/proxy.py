@@ -68,7 +68,7 @@ class _Direction:
 class ProxyConnection:
     """One client connection and its upstream connection."""
 
-    def __init__(self, proxy: "Proxy", client: socket.socket, upstream: socket.socket):
+    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket):
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
@@ -362,7 +362,7 @@ class Proxy:
         self._deadline = None
 
     # ------------------------------------------------------------- lifecycle
-    def start(self) -> "Proxy":
+    def start(self) -> Proxy:
         if self._thread is None:
             self._listener.listen(64)
             self._listener.settimeout(0.05)
@@ -384,7 +384,7 @@ class Proxy:
             for t in c.threads:
                 t.join(2)
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -405,7 +405,7 @@ class Proxy:
                 break
             try:
                 csock, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

@@ -63,7 +63,7 @@ class _Closed(Exception):
 class Session:
     """One client connection."""
 
-    def __init__(self, server: "ScriptedIMAP", sock: socket.socket) -> None:
+    def __init__(self, server: ScriptedIMAP, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.buf = b""
@@ -327,7 +327,7 @@ class ScriptedIMAP:
     def uidnext(self, folder: str) -> int:
         return max((m.uid for m in self.folders[folder]), default=0) + 1
 
-    def start(self) -> "ScriptedIMAP":
+    def start(self) -> ScriptedIMAP:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((HOST, 0))
@@ -369,7 +369,7 @@ class ScriptedIMAP:
                 pass
             s.close()
 
-    def __enter__(self) -> "ScriptedIMAP":
+    def __enter__(self) -> ScriptedIMAP:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -422,7 +422,7 @@ def slow_loris(every: float = 0.05, literal: int | None = None) -> Writer:
             try:
                 if s.sock.recv(65536) == b"":
                     return
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 return

@@ -449,7 +449,7 @@ def _in_thread(fn: Callable[[], object], timeout: float, what: str = "") -> obje
     def run() -> None:
         try:
             box["v"] = fn()
-        except BaseException as e:  # handed to the caller
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
             box["e"] = e
 
     t = threading.Thread(target=run, daemon=True, name="soak-op")
@@ -718,7 +718,7 @@ class Soak:
             return
         try:
             lst = self.direct.run(_list)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the last known folder list stays
             return
         self.folders = {n: FolderInfo(w, f, None if ("\\noselect" in f or "\\nonexistent" in f) else {})
                         for n, (w, f) in lst.items()}
@@ -807,7 +807,7 @@ class Soak:
             self.res.errors[f"{op}:{_errname(e)}"] += 1
             if op.startswith("d_"):
                 self.direct.drop()
-        except Exception as e:  # a bug of this harness: visible, but the walk goes on
+        except Exception as e:  # noqa: BLE001 - a bug of this harness: visible, but the walk goes on
             outcome = f"HARNESS ERROR {type(e).__name__}: {e}"
             self.res.harness_errors.append(f"op #{i} {op}: {type(e).__name__}: {e}")
             self.direct.drop()
@@ -1600,7 +1600,8 @@ class Soak:
                     diffs[f"bytes:{p}:{uid}"] = (f"{name!r} UID {uid}: mount gives {len(got)} bytes "
                                                 f"({got[:40]!r}), server {len(want)} ({want[:40]!r})")
                 try:
-                    fl = _in_thread(lambda: os.getxattr(path, "user.imap.flags"), self.cfg.op_timeout)
+                    fl = _in_thread(lambda: os.getxattr(path, "user.imap.flags"),  # noqa: B023 - run before the turn ends
+                                    self.cfg.op_timeout)
                     mflags = frozenset(fl.decode(errors="replace").split())
                 except (OSError, OpHang) as e:
                     diffs[f"xattr:{p}:{uid}"] = f"user.imap.flags of {name!r} UID {uid}: {_errname(e)}"
@@ -1777,7 +1778,7 @@ class _OpFailed(Exception):
 def _catch(box: list, fn: Callable, *a: object) -> None:
     try:
         fn(*a)
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - handed to the caller
         box.append(e)
 
 
@@ -1857,7 +1858,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("soak: interrupted", flush=True)
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 - printed, and the run ends as a harness failure
             traceback.print_exc()
             harness_failed = True
             break
