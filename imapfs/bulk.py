@@ -63,7 +63,7 @@ class Job:
     touched: float = 0.0
     state: str = "counting"  # counting, waiting, fetching, done, failed, stopped
     messages: int = 0  # messages wanted
-    cached: int = 0  # of them already on disk when the job started
+    cached: int = 0  # of them already on disk when the job first wanted them
     total: int = 0  # messages to store (not on disk at the start, or evicted since)
     done: int = 0  # of those, on disk now (the store's word)
     bytes: int = 0
@@ -75,6 +75,11 @@ class Job:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
+    reported: bool = False  # its progress was read since it ended: a new request starts a new job
+    # Kept across a reopening, so that what this job stored counts as done, not as already cached:
+    uidvalidity: int | None = None  # the epoch the sets below belong to
+    judged: set[int] = field(default_factory=set)  # wanted UIDs looked up in the store once
+    cached_at_start: set[int] = field(default_factory=set)  # of those, the ones already on disk then
 
     def want(self, uids: set[int] | None) -> None:
         """Join a request into this running job (it looks again before it ends)."""
@@ -83,6 +88,21 @@ class Job:
         elif self.uids is not None:
             self.uids |= uids
         self.generation += 1
+
+    def reopen(self, uids: set[int] | None) -> None:
+        """Extend an ended job by a request that came before anyone read its end.
+
+        ``imapfs prefetch a.eml b.eml`` asks once per message; when the job of
+        a.eml has already ended as b.eml comes, a new job would leave a.eml out
+        of the progress the command reads. Counters and failures are kept (the
+        next run recounts them from the store); the error is the new run's.
+        """
+        self.want(uids)
+        self.state = "counting"
+        self.error = None
+        self.reported = False
+        self.scope = trio.CancelScope()  # a cancel scope and an event serve one run only
+        self.finished = trio.Event()
 
     def stop(self, why: str) -> None:
         if not self.finished.is_set():
@@ -158,6 +178,8 @@ class Bulk:
         now = self.clock()
         for j in jobs:
             j.touched = now
+            if j.finished.is_set():
+                j.reported = True
         return format_progress(jobs)
 
     async def fill(self, folder: Folder) -> Job:
@@ -172,10 +194,18 @@ class Bulk:
         return job
 
     def _launch(self, folder: Folder, uids: set[int] | None) -> int:
+        """Join the folder's running job; reopen its ended one nobody has read the end of
+        yet (the next request of the same command); else start a new job."""
         job = self.jobs.get(folder)
         if job is not None and not job.finished.is_set() and not job.stopping:
             job.want(uids)
             job.touched = self.clock()
+            return 1
+        if job is not None and job.finished.is_set() and job.lease and not job.reported and not job.stopping:
+            job.reopen(uids)
+            job.touched = self.clock()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run, job)
             return 1
         job = self.jobs[folder] = Job(folder, None if uids is None else set(uids), lease=True, touched=self.clock())
         assert self._nursery is not None
@@ -236,9 +266,8 @@ class Bulk:
 
     async def _work(self, job: Job) -> None:
         folder, tree, store = job.folder, self.tree, self.disk.store
-        attempted: set[int] = set()
-        cached_at_start: set[int] | None = None
-        uidvalidity: int | None = None
+        attempted: set[int] = set()  # per run: a reopened job tries again what is still missing
+        cached_at_start = job.cached_at_start
         force = False
         for _round in range(MAX_ROUNDS):
             generation = job.generation
@@ -246,17 +275,21 @@ class Bulk:
             raw = folder.raw
             if st is None or raw is None:
                 raise ImapfsError(f"{job.path} holds no messages (not a selectable folder)")
-            if uidvalidity is not None and st.uidvalidity != uidvalidity:
+            if job.uidvalidity is not None and st.uidvalidity != job.uidvalidity:
                 attempted.clear()  # another epoch: other messages under the same UIDs
-                cached_at_start = None
+                job.judged.clear()
+                cached_at_start.clear()
                 job.failures.clear()
-            uidvalidity = st.uidvalidity
+            job.uidvalidity = st.uidvalidity
             # The folder's state must be in the store before its bodies (put_bodies matches it).
             await self.disk.flush()
             wanted = _wanted(st, job.uids)
             have = await self.disk.call(store.body_uids, raw, st.uidvalidity)
-            if cached_at_start is None:
-                cached_at_start = have & wanted.keys()
+            # "Already cached" is judged once per message, when the job first wants it: what
+            # this job stored (in an earlier round or run) is done, never already cached.
+            fresh = wanted.keys() - job.judged
+            cached_at_start |= fresh & have
+            job.judged |= fresh
             self._account(job, st, wanted, have, cached_at_start)
             todo = [m for uid, m in wanted.items() if uid not in have and uid not in attempted]
             if not todo:

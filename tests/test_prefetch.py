@@ -274,6 +274,7 @@ def test_messages_of_one_command_are_counted_together_whatever_the_timing(tmp_pa
     the command reported (and judged "done" on) the last requests only: a flaky
     test_prefetch_of_single_messages_on_a_read_only_mount. Here the first job always ends first."""
     import trio
+    import trio.testing
 
     from imapfs.bulk import Bulk
     from imapfs.disk import Disk
