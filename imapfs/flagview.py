@@ -41,7 +41,7 @@ from .errors import NotFound, ServerUnavailable, StaleError
 from .model import Folder, FolderState, Msg, without_recent
 
 if TYPE_CHECKING:  # the tree builds its Writes, which builds this view, with itself
-    from .session import Connection  # (re-exported; its home moves with the session split)
+    from .connection import Connection
     from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,14 @@ FLAGS_FRESH = 1.0
 class _Refresh:
     """One refresh of a folder's flags, in flight; its readers wait on ``done``."""
 
-    __slots__ = ("started", "done", "error", "finished")
+    __slots__ = ("started", "done", "error", "finished", "overtaken")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.done = trio.Event()
         self.error: Exception | None = None  # what the refresh raised: its readers get it too
         self.finished = False  # False when it was cancelled: its readers try again
+        self.overtaken = False  # our own STORE came during it: it may bring older flags back
 
 
 class FlagView:
@@ -136,6 +137,21 @@ class FlagView:
             r.done.set()
         return await self._after(m, r)
 
+    def stored(self, m: Msg) -> None:
+        """Our own STORE of *m*'s flags is done and ``m.flags`` holds them.
+
+        A sync of the folder in flight now may have read the flags before the
+        STORE and will put them back into the tree when it ends: then the
+        folder is not fresh any more, and the next read refreshes it. A sync
+        that starts later reads them after the STORE.
+        """
+        f = m.folder
+        if f.lock.locked():  # Tree.sync holds it from its SELECT to the end
+            self._as_of.pop(f, None)
+            r = self._inflight.get(f)
+            if r is not None:
+                r.overtaken = True
+
     async def _after(self, m: Msg, r: _Refresh) -> tuple[str, ...]:
         """*m*'s flags once refresh *r* is over: from the tree, or asked of the server when it could not tell."""
         f = m.folder
@@ -160,7 +176,7 @@ class FlagView:
             new = await tree.sync(f, force=True, verify=True)
         if new is None or tree.notes.is_offline() or f.raw != raw or f.gone:
             return  # the state as last seen (server away), or a folder renamed or gone meanwhile
-        if "CONDSTORE" in caps and new.highestmodseq is None:
+        if ("CONDSTORE" in caps and new.highestmodseq is None) or r.overtaken:
             return
         self._as_of[f] = (new, r.started)
 

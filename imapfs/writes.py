@@ -213,6 +213,7 @@ class Writes:
         if done is RECORDED:
             return
         m.flags = sent
+        self.flag_view.stored(m)
         if self.disk is not None:
             self.disk.set_flags(src, uidv, uid, sent)
 
