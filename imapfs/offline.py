@@ -225,6 +225,7 @@ class Journal:
                             # A move not applied leaves the message where it was; an
                             # incremental QRESYNC sync would not bring it back.
                             f.state.highestmodseq = None
+                            f.state.verified = False
                 elif o.kind == "entry":
                     if f.offline_entries.get(o.name) is m:
                         del f.offline_entries[o.name]
@@ -459,9 +460,11 @@ class Journal:
                 f.local = False
             if f.selectable and f.raw is not None:
                 if f.state is not None:
-                    # A change that was not applied left its message hidden; an incremental
-                    # QRESYNC sync would not bring it back, a count check does.
+                    # A change that was not applied left its message hidden, or its flags
+                    # as set here: an incremental QRESYNC sync would not bring either back,
+                    # a verify (UID set and every flag) does.
                     f.state.highestmodseq = None
+                    f.state.verified = False
                 try:
                     await self.tree.sync(f, force=True)
                 except ImapfsError as e:

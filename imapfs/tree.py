@@ -345,14 +345,18 @@ class Tree:
                 if res.added:
                     log.debug("%s: %d messages new", raw.decode("ascii", "replace"), len(res.added))
                 self.add(folder, st, [a for a in res.added if a.uid not in gone])
-                changed_flags = {}
+                # The server's flags, kept in memory and in the cache. Every one is written
+                # to the cache, not only those that differ in memory: a flag set here (or by
+                # an offline replay) may be in memory and not in the cache, whose stored
+                # mod-sequence moves past it now.
+                server_flags = {}
                 for uid, fl in res.flags.items():
                     m = st.msgs.get(uid)
-                    if m is not None and m.flags != fl:
+                    if m is not None:
                         m.flags = fl
-                        changed_flags[uid] = fl
-                if changed_flags and self.disk is not None:
-                    self.disk.set_flags_many(raw, st.uidvalidity, changed_flags)
+                        server_flags[uid] = fl
+                if server_flags and self.disk is not None:
+                    self.disk.set_flags_many(raw, st.uidvalidity, server_flags)
                 if res.present is not None:
                     hidden = {u for v, u in folder.hidden if v == st.uidvalidity}
                     lacking = res.present - st.msgs.keys() - hidden

@@ -714,3 +714,27 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
 
     with Store(str(tmp_path / "c"), 1 << 30) as store:
         trio.run(main, store)
+
+
+def test_flags_set_offline_show_after_the_replay_and_a_remount(rig):
+    """Issue 10 (soak, seeds 11 and 13, once getxattr answered from the tree): flags set
+    offline were replayed, and the sync that saw them took the server's mod-sequence
+    into the cache without the flags (they already matched in memory). The next mount
+    loaded the old flags with the new mod-sequence and showed them for good."""
+    d = rig.d
+    d.append("A", msg("f1", "flag me offline"))
+    m = rig.mount(allowed=[SERVER_AWAY])
+    (p,) = emls(m, "A")
+    p.read_bytes()
+    assert os.getxattr(p, "user.imap.flags") == b""
+    rig.server_away()
+    os.setxattr(p, "user.imap.flags", b"\\Flagged $Work")
+    rig.server_back()
+    eventually(lambda: pending(m) == 0, timeout=30)
+    eventually(lambda: list(d.flags("A").values()) == [{"\\Flagged", "$Work"}], timeout=10)
+    time.sleep(2.5)  # a poll round syncs the folder (its mod-sequence moved past the replayed STORE)
+    os.listdir(m.path("A"))
+    m.unmount()
+    m2 = rig.mount()
+    (p2,) = emls(m2, "A")
+    assert sorted(os.getxattr(p2, "user.imap.flags").decode().split()) == ["$Work", "\\Flagged"]

@@ -140,10 +140,12 @@ class Reads(ConnectionBase):
         metadata of every UID the caller lacks. So a missed push event, a lost
         APPENDUID or a stale local cache is repaired, never kept forever
         (GUIDE §5, issue 10). Flags come from QRESYNC/CONDSTORE's CHANGEDSINCE,
-        and on *verify* without CONDSTORE from a full FLAGS fetch.
+        and on *verify* from a full FLAGS fetch when there is no CONDSTORE or the
+        caller knows no mod-sequence to trust (a counter alone never decides).
         """
-        use_qresync = known is not None and known.highestmodseq and self.qresync
-        info = self.select(name, (known.uidvalidity, known.highestmodseq) if use_qresync else None)
+        since = (known.uidvalidity, known.highestmodseq) if known is not None and known.highestmodseq else None
+        use_qresync = since is not None and self.qresync
+        info = self.select(name, since if use_qresync else None)
         if known is None or known.uidvalidity != info.uidvalidity:
             added = self.fetch_meta("1:*") if info.exists else []
             present = {m.uid for m in added}
@@ -169,7 +171,9 @@ class Reads(ConnectionBase):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
                     res.flags[uid] = tuple(flag_str(f) for f in fl if f is not None)
-        elif verify and (not condstore or self.vanished_unreadable) and info.exists:
+        elif verify and (not condstore or self.vanished_unreadable or not known.highestmodseq) and info.exists:
+            # Every flag, compared: without CONDSTORE, or when the caller's mod-sequence
+            # cannot be trusted (a cache loaded at mount, an offline change not applied).
             for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
