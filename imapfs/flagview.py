@@ -9,22 +9,21 @@ were refreshed less than :data:`FLAGS_FRESH` seconds ago, and otherwise one
 refresh of the whole folder runs, which every reader of that folder waits
 for and shares:
 
-* with CONDSTORE (and a folder with mod-sequences): ``Tree.sync``, one
+* with CONDSTORE and a mod-sequence the tree holds: ``Tree.sync``, one
   SELECT that carries the changed flags (QRESYNC), or a SELECT and one
   ``UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE m)`` when HIGHESTMODSEQ moved;
-* without CONDSTORE: a verify ``Tree.sync``, which adds
+* otherwise (no CONDSTORE, a NOMODSEQ folder, or a mod-sequence the journal
+  dropped after a replay): a verify ``Tree.sync``, which adds
   ``UID FETCH 1:* (UID FLAGS)`` (and the UID set) to the SELECT. That costs
   in proportion to the folder, so the first read of a stale folder asks for
   its own message only, and the second read within the window (a walk)
-  refreshes the folder;
-* a CONDSTORE folder without mod-sequences (RFC 7162 NOMODSEQ), where no
-  sync reads flags: the one message's flags, as before.
+  refreshes the folder.
 
 The bound is exact, not "about": a refresh counts from the moment it was
 asked for, before its SELECT, so a flag change another client made at time T
 is shown by every getxattr that starts after T + FLAGS_FRESH. Syncs run by
 others (push, polls, listings) are not counted: they stamp their end, not
-their start, and without CONDSTORE they do not read flags at all. They still
+their start, and without a mod-sequence they read flags only when verifying. They still
 keep ``Msg.flags`` current between refreshes. docs/change-tracking.md has
 the rule; docs/performance.md the figures.
 """
@@ -76,7 +75,7 @@ class FlagView:
         # a new state (UIDVALIDITY change, folder gone and back) is not fresh.
         self._as_of: weakref.WeakKeyDictionary[Folder, tuple[FolderState, float]] = weakref.WeakKeyDictionary()
         self._inflight: dict[Folder, _Refresh] = {}
-        # Without CONDSTORE: folder → clock() of the last read that found it stale (see flags()).
+        # Full refreshes: folder → clock() of the last read that found it stale (see flags()).
         self._lone: weakref.WeakKeyDictionary[Folder, float] = weakref.WeakKeyDictionary()
 
     def _fresh_since(self, f: Folder) -> float | None:
@@ -116,10 +115,10 @@ class FlagView:
                 # (even when it could not stamp the folder: offline, or no mod-sequences).
                 return await self._after(m, r)
             # It was asked for too long before this read: a change may have come since.
-        if "CONDSTORE" not in tree.pool.capabilities:
-            # Here a refresh reads every flag of the folder (UID FETCH 1:* FLAGS: about
-            # 1 s for 100,000 messages). A lone read asks for its own message; a second
-            # read within the window is a walk, and refreshes the whole folder.
+        if self._full(f):
+            # Here a refresh reads every flag of the folder (UID FETCH 1:* FLAGS: at
+            # least 0.5 s for 100,000 messages). A lone read asks for its own message;
+            # a second read within the window is a walk, and refreshes the whole folder.
             last = self._lone.get(f)
             self._lone[f] = asked
             if last is None or asked - last >= self.fresh:
@@ -162,26 +161,32 @@ class FlagView:
             return without_recent(m.flags)
         return await self._one(m)
 
+    def _full(self, f: Folder) -> bool:
+        """Must a refresh of *f* read every flag? (No CONDSTORE, or no mod-sequence to go from.)"""
+        st = f.state
+        return "CONDSTORE" not in self.tree.pool.capabilities or st is None or st.highestmodseq is None
+
     async def _refresh(self, f: Folder, r: _Refresh) -> None:
-        """Bring every flag of *f* up to date in one sync (shared by every reader waiting on *r*)."""
+        """Bring every flag of *f* up to date in one sync (shared by every reader waiting on *r*).
+
+        Connection.sync reads every flag on a verify when there is no CONDSTORE or
+        no mod-sequence to go from, and the changed ones by CHANGEDSINCE otherwise.
+        """
         tree = self.tree
-        st, raw = f.state, f.raw
-        caps = tree.pool.capabilities
+        raw = f.raw
+        full = self._full(f)
         log.debug("refreshing the flags of %s", (raw or b"").decode("ascii", "replace"))
-        if "CONDSTORE" in caps:
-            if st is None or st.highestmodseq is None:
-                return  # NOMODSEQ: no sync reads flags; _after asks for the one message
-            new = await tree.sync(f, force=True)
-        else:
-            new = await tree.sync(f, force=True, verify=True)
-        if new is None or tree.notes.is_offline() or f.raw != raw or f.gone:
-            return  # the state as last seen (server away), or a folder renamed or gone meanwhile
-        if ("CONDSTORE" in caps and new.highestmodseq is None) or r.overtaken:
+        new = await tree.sync(f, force=True, verify=full)
+        if new is None or tree.notes.is_offline() or f.raw != raw or f.gone or r.overtaken:
+            # The state as last seen (server away), a folder renamed or gone meanwhile,
+            # or our own STORE during it (stored()).
             return
+        if not full and new.highestmodseq is None:
+            return  # the server stopped reporting a mod-sequence: CHANGEDSINCE was not asked
         self._as_of[f] = (new, r.started)
 
     async def _one(self, m: Msg) -> tuple[str, ...]:
-        """One message's flags, asked of the server: only where no folder refresh can read them."""
+        """One message's flags, asked of the server: a lone read, or a refresh that could not tell."""
         tree = self.tree
         raw, uidv = m.folder.raw, m.uidvalidity
         assert raw is not None
