@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,6 +40,9 @@ from .errors import ImapfsError, ProtocolError, ServerUnavailable, StaleError
 from .model import CHUNK, Folder, FolderState, Msg
 from .store import StoreError
 from .tree import Tree
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +431,10 @@ class Bulk:
         bound = 2 * m.size + CHUNK  # a server sending far more than its RFC822.SIZE is not followed
         try:
             while True:  # up to a short piece: RFC822.SIZE is the server's word, not a length
-                piece = await self.tree.pool.run(
-                    lambda c, o=off: c.fetch_range(raw, uv, m.uid, o, CHUNK), folder=raw)
+                def fetch(c: Connection, o: int = off) -> bytes:
+                    return c.fetch_range(raw, uv, m.uid, o, CHUNK)
+
+                piece = await self.tree.pool.run(fetch, folder=raw)
                 pieces.append(piece)
                 off += len(piece)
                 if len(piece) < CHUNK:

@@ -143,7 +143,8 @@ def _piecewise(codec: str) -> bool:
         return False
     if cls is None:
         return False
-    if any(c.__name__ == "MultibyteIncrementalDecoder" for c in cls.__mro__):
+    mro = getattr(cls, "__mro__", ())  # a class, which typeshed types as a factory
+    if any(c.__name__ == "MultibyteIncrementalDecoder" for c in mro):
         return True
     return isinstance(getattr(sys.modules.get(cls.__module__), "decoding_table", None), str)
 

@@ -394,9 +394,9 @@ def folder_path(wire: bytes, delimiter: str | None) -> FolderPath:
         path = folder_to_path(decoded, delimiter)
         if delimiter is None:
             return FolderPath(path, (wire,))
-        levels = decoded.split(delimiter)
-        wires = tuple(encode_mutf7(delimiter.join(levels[: i + 1])).encode("ascii")
-                      for i in range(len(levels)))
+        names = decoded.split(delimiter)
+        wires = tuple(encode_mutf7(delimiter.join(names[: i + 1])).encode("ascii")
+                      for i in range(len(names)))
         return FolderPath(path, wires)
     if delimiter is not None and delimiter in _UNSAFE_DELIMITERS:
         return _all_raw(wire, delimiter)

@@ -21,15 +21,15 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pyfuse3
 import trio
 
 from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOnly, Unsupported, errno_for
 from .imapproto import parse_internaldate
-from .model import Folder, Msg, check_date, split_flags
+from .model import Folder, Msg, Node, check_date, split_flags
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
 from .tree import Tree
@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # mount hands the Bulk in
     from .bulk import Bulk
 
 log = logging.getLogger(__name__)
+
+# What the inode table holds and a lookup finds: the tree's nodes and the .parts ones.
+FsNode = Folder | Msg | PendingFile | PartsDir | PartFile
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -89,7 +92,7 @@ def _guarded(fn: F) -> F:
             log.exception("unexpected error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps fn's signature; mypy cannot see it
 
 
 class _PartsRef:
@@ -166,12 +169,12 @@ class Operations(pyfuse3.Operations):
         # owner reads the mail). Read-only views (.parts, -o ro) drop the write bits.
         self.file_mode = file_mode
         self.dir_mode = dir_mode
-        self._dirs: dict[int, list[tuple[int, str, Any]]] = {}
+        self._dirs: dict[int, list[tuple[int, str, FsNode | _PartsRef]]] = {}
         self._next_fh = 1
 
     # -- attributes -----------------------------------------------------------
 
-    def _attrs(self, node: Any) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: FsNode | _PartsRef) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.inode
         a.generation = 0
@@ -180,6 +183,7 @@ class Operations(pyfuse3.Operations):
         a.st_blksize = BLOCK
         if isinstance(node, PendingFile):
             if node.stored:
+                assert node.committed is not None  # stored: it stands for committed
                 c = self._attrs(node.committed)
                 c.st_ino = node.inode
                 return c
@@ -229,15 +233,18 @@ class Operations(pyfuse3.Operations):
             a.entry_timeout = a.attr_timeout = FOLDER_TIMEOUT
         return a
 
+    def _node(self, inode: int) -> FsNode:
+        return cast(FsNode, self.tree.node(inode))  # Entry, the table's protocol: one of these kinds
+
     def _folder(self, inode: int) -> Folder:
-        node = self.tree.node(inode)
+        node = self._node(inode)
         if isinstance(node, PartsDir):
             raise pyfuse3.FUSEError(errno.EROFS)  # .parts trees are a read-only view
         if not isinstance(node, Folder):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return node
 
-    async def _lookup(self, parent: Any, name: str) -> Any:
+    async def _lookup(self, parent: FsNode, name: str) -> FsNode:
         if isinstance(parent, PartsDir):
             if self.parts is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -255,32 +262,33 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def lookup(self, parent_inode: int, name: bytes,
-                     ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        parent = self.tree.node(parent_inode)
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
         sname = os.fsdecode(name)
         if sname == ".":
-            node: Any = parent
+            node: FsNode = parent
         elif sname == ".." and isinstance(parent, Folder):
             node = parent.parent or parent
         elif sname == "..":
-            node = self.tree.node(parent.msg.folder.inode)  # good enough for a .parts tree
+            assert isinstance(parent, PartsDir)  # the one other kind of directory
+            node = self._node(parent.msg.folder.inode)  # good enough for a .parts tree
         else:
             node = await self._lookup(parent, sname)
         await self._sized(node)
         self.tree.remember(node.inode)
         return self._attrs(node)
 
-    async def _sized(self, node: Any) -> None:
+    async def _sized(self, node: FsNode) -> None:
         if isinstance(node, PartFile) and node.size is None and self.parts is not None:
             await self.parts.ensure_size(node)
 
     @_guarded
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        node = self.tree.node(inode)
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
         await self._sized(node)
         return self._attrs(node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, n in inode_list:
             try:
                 self.tree.forget(inode, n)
@@ -291,7 +299,7 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.tree.node(inode)
+        node = self._node(inode)
         if isinstance(node, PartsDir):
             if self.parts is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -327,13 +335,13 @@ class Operations(pyfuse3.Operations):
                 return
             self.tree.remember(node.inode)
 
-    def _with_parts(self, entries: list[tuple[int, str, Any]]) -> list[tuple[int, str, Any]]:
+    def _with_parts(self, entries: list[tuple[int, str, Node]]) -> list[tuple[int, str, FsNode | _PartsRef]]:
         """Each message's ``NAME.parts`` right after its ``NAME.eml`` (cookie + 1, inode + 1).
 
         A light stand-in is listed; the real directory node is made when the
         kernel first asks for that inode (most are never opened).
         """
-        out: list[tuple[int, str, Any]] = []
+        out: list[tuple[int, str, FsNode | _PartsRef]] = []
         for cookie, name, node in entries:
             out.append((cookie, name, node))
             if isinstance(node, Msg):
@@ -347,7 +355,7 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.tree.node(inode)
+        node = self._node(inode)
         if isinstance(node, (Folder, PartsDir)):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(node, PartFile):
@@ -358,6 +366,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EIO)
             return pyfuse3.FileInfo(fh=node.inode, keep_cache=True, direct_io=False)
         if isinstance(node, PendingFile) and node.stored:
+            assert node.committed is not None  # stored: it stands for committed
             node = node.committed
         writing = bool(flags & WRITE_FLAGS)
         if writing and self.read_only:
@@ -365,6 +374,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, PendingFile):
             self.tree.opened(node)
             return pyfuse3.FileInfo(fh=node.inode, keep_cache=False, direct_io=False)
+        assert isinstance(node, Msg)  # what is left: directories and the other files are handled above
         if writing:
             p = await self.tree.open_for_write(node, truncate=bool(flags & os.O_TRUNC))
             self.tree.opened(p)
@@ -386,9 +396,10 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self.tree.node(fh)
+        node = self._node(fh)
         if isinstance(node, PendingFile):
             if node.stored:
+                assert node.committed is not None  # stored: it stands for committed
                 return await self.tree.read(node.committed, off, size)
             return await self.tree.read_pending(node, off, size)
         if isinstance(node, PartFile):
@@ -400,21 +411,21 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        node = self.tree.node(fh)
+        node = self._node(fh)
         if not isinstance(node, PendingFile) or node.gone:
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self.tree.write_pending(node, off, buf)  # EFBIG past max_message / APPENDLIMIT
 
     @_guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
-        node = self.tree.node(fh)
+        node = self._node(fh)
         if isinstance(node, PendingFile) and node.dirty and not node.gone:
             await self.tree.commit(node)  # the caller hears if the server refused it
 
     @_guarded
     async def release(self, fh: int) -> None:
         try:
-            node = self.tree.node(fh)
+            node = self._node(fh)
         except ImapfsError:
             return
         if isinstance(node, PendingFile):
@@ -427,8 +438,8 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.tree.node(inode)
-        target = self.tree.node(fh) if fh is not None else node
+        node = self._node(inode)
+        target = self._node(fh) if fh is not None else node
         if isinstance(target, PendingFile) and fh is not None and fields.update_size and target.committed is not None:
             self.tree.reopen(target)  # ftruncate on a handle whose file was already stored
         if isinstance(target, PendingFile) and not target.stored:
@@ -462,6 +473,7 @@ class Operations(pyfuse3.Operations):
                 self.tree.unlink_pending(node)
                 return
             node = node.committed
+        assert isinstance(node, Msg)  # what else a folder holds
         if parent.aliases.get(sname) is node:
             del parent.aliases[sname]
         await self.tree.delete(node)
@@ -484,7 +496,9 @@ class Operations(pyfuse3.Operations):
             self.tree.rename_pending(node, dst, new)
             return
         if isinstance(node, PendingFile):
+            assert node.committed is not None  # stored (the unstored case is above)
             node = node.committed
+        assert isinstance(node, Msg)  # what else a folder holds
         if src is dst:
             if src.aliases.get(old) is node:  # a writer's name: rsync renaming its temp file
                 del src.aliases[old]
@@ -512,9 +526,10 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes --------------------------------------------------
 
-    def _xnode(self, inode: int) -> Any:
-        node = self.tree.node(inode)
+    def _xnode(self, inode: int) -> FsNode:
+        node = self._node(inode)
         if isinstance(node, PendingFile) and node.stored:
+            assert node.committed is not None  # stored: it stands for committed
             return node.committed
         return node
 

@@ -362,9 +362,8 @@ def parse_list(data: Iterable[bytes | tuple[bytes, bytes]]) -> list[ListEntry]:
         flags = frozenset(f.lower() for f in vals[0] if isinstance(f, bytes))
         delim = vals[1]
         if isinstance(delim, bytes):
-            delim_s: str | None = delim.decode("ascii", "replace")
-            if len(delim_s) != 1:
-                delim_s = None
+            text = delim.decode("ascii", "replace")
+            delim_s: str | None = text if len(text) == 1 else None
         else:
             delim_s = None
         name = vals[2]

@@ -530,7 +530,7 @@ def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
     """
     delim = b"--" + boundary.encode("utf-8", "surrogateescape")
     # A delimiter starts a line: at the very start, or after CRLF.
-    starts: list[tuple[int, int]] = []  # (start of CRLF or line, end of delimiter line)
+    starts: list[tuple[int, int, bool]] = []  # (start of CRLF or line, end of delimiter line, closing)
     pos = 0
     while True:
         i = body.find(delim, pos)

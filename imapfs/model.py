@@ -187,6 +187,7 @@ class MsgTable(dict[int, "Msg"]):
         for uid, m in dict(*args, **kw).items():
             self[uid] = m
 
+    # dict's |= is typed for any mapping and returns Self; this one takes what update takes.
     def __ior__(self, other: Any) -> MsgTable:  # type: ignore[override,misc]
         self.update(other)
         return self

@@ -495,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.foreground:
         setup_logging(cfg, to_stderr=True)
         redact_logs(credential.secrets)
-        return _run(cfg, account, lambda: NOTIFY.send(f"READY=1\nSTATUS=serving {cfg.label} on {cfg.mountpoint}"),
+        def ready() -> None:
+            NOTIFY.send(f"READY=1\nSTATUS=serving {cfg.label} on {cfg.mountpoint}")
+
+        return _run(cfg, account, ready,
                     report=lambda msg: print(f"imapfs: {redact(msg, credential.secrets())}", file=sys.stderr))
     return _daemonize(cfg, account)
 

@@ -574,7 +574,8 @@ class Journal:
             # version has the same one, so only the same bytes count as "stored".
 
             def look(c: Connection) -> bool:
-                wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # what APPEND would have stored
+                # What APPEND would have stored (imaplib's own line-end pattern, not in typeshed).
+                wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # type: ignore[attr-defined]
                 for box in (folder, RECOVERED):
                     try:
                         for uid in c.search_header(box, "Message-ID", mid):

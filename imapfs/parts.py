@@ -573,7 +573,7 @@ class Parts:
         pos = offset
         while pos < end:
             idx = pos // CHUNK
-            chunk = await self.content.cached((f.inode, idx), lambda idx=idx: self._range(f, idx * CHUNK, CHUNK))
+            chunk = await self.content.cached((f.inode, idx), functools.partial(self._range, f, idx * CHUNK, CHUNK))
             piece = chunk[pos - idx * CHUNK: end - idx * CHUNK]
             if not piece:
                 log.error("%r UID %d part %s: the server sent fewer bytes than it announced (%d)",

@@ -26,7 +26,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: pending imports nothing of imapfs at run time
+    from .model import Folder, Msg
 
 SPOOL_LIMIT = 1024 * 1024
 CHUNK = 1024 * 1024  # spool I/O and streamed APPEND literals go in pieces of this size
@@ -64,19 +67,19 @@ class WireLiteral:
 class PendingFile:
     """Bytes, flags and date of a message that is not on the server yet."""
 
-    def __init__(self, folder: Any, name: str, inode: int, *, replaces: Any = None,
+    def __init__(self, folder: Folder, name: str, inode: int, *, replaces: Msg | None = None,
                  spool_dir: str | None = None) -> None:
         self.folder = folder
         self.name = name  # the writer's name; None while editing an existing message
         self.inode = inode
         self.replaces = replaces  # the Msg this new version supersedes, if any
-        self.superseded: list[Any] = []  # our own earlier copies (Msgs), expunged once a newer one is stored
+        self.superseded: list[Msg] = []  # our own earlier copies, expunged once a newer one is stored
         self.flags: tuple[str, ...] | None = None  # None: keep the replaced message's flags
         self.date: int | None = None  # INTERNALDATE to give; None: the replaced one's, or the server's now
         self.mtime = time.time()
         self.opens = 0
         self.ready_at: float | None = None  # monotonic time after which it may be appended
-        self.committed: Any = None  # the Msg the server stored, once appended
+        self.committed: Msg | None = None  # the Msg the server stored, once appended
         self.failures = 0  # failed commits in a row (the retry delay grows with it)
         self.refusals = 0  # of those, the ones that were not "server away": REFUSED_APPEND_TRIES ends it
         self.last_error: str | None = None
@@ -94,7 +97,7 @@ class PendingFile:
         self.meta_generation = 0
         self.clean_generation = 0  # the generation last stored or journaled
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[str, int]:
         return ("P", self.inode)
 
     # -- versions ----------------------------------------------------------

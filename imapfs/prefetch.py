@@ -100,7 +100,8 @@ class Progress:
 
 def parse(text: str) -> dict[str, object]:
     """A progress answer: numbers by key, ``state``, and the ``error``/``failure`` lines."""
-    out: dict[str, object] = {"state": "", "lines": []}
+    lines: list[str] = []
+    out: dict[str, object] = {"state": "", "lines": lines}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key in NUMBERS:
@@ -111,7 +112,7 @@ def parse(text: str) -> dict[str, object]:
         elif key == "state":
             out["state"] = value.strip()
         elif key in ("error", "failure"):
-            out["lines"].append(value)  # type: ignore[union-attr]
+            lines.append(value)
     return out
 
 

@@ -444,8 +444,8 @@ class Watcher:
             for f in self.hot_folders():
                 if listener.covers(f.raw) or f.raw in todo:  # type: ignore[arg-type]
                     continue
+                assert f.raw is not None
                 raw = f.raw
-                assert raw is not None
                 status = await tree.pool.run(lambda c: c.status(raw))  # noqa: B023 - awaited here
                 if f.state is not None and status_differs(f.state, status):
                     todo[raw] = f

@@ -90,9 +90,10 @@ class Writes:
             return None
         node = self.tree.root
         for comp in self.trash.strip("/").split("/"):
-            node = node.children.get(comp)  # type: ignore[assignment]
-            if node is None:
+            child = node.children.get(comp)
+            if child is None:
                 return None
+            node = child
         return node if node.selectable else None
 
     async def new_msg(self, folder: Folder, where: tuple[int, int] | None) -> Msg | None:

@@ -14,6 +14,7 @@ import imaplib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from .. import imapproto
 from ..errors import (
@@ -25,7 +26,7 @@ from ..errors import (
     StaleError,
 )
 from ..records import Account, SelectInfo
-from .wire import flag_str, reply_text
+from .wire import Reply, flag_str, reply_text
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ConnectionBase:
 
     # -- running commands -------------------------------------------------
 
-    def _cmd(self, what: str, fn: Callable[[imaplib.IMAP4], tuple[str, list]]) -> tuple[str, list]:
+    def _cmd(self, what: str, fn: Callable[[imaplib.IMAP4], Reply]) -> Reply:
         """Run one imaplib call; connection-level failures mark us broken.
 
         Anything else escaping imaplib (OverflowError, MemoryError, ValueError
@@ -85,7 +86,7 @@ class ConnectionBase:
             self.broken = True
             msg = reply_text(e.args[0] if e.args else e)
             if getattr(self.imap, "limit_hit", None):  # one of our bounds, not a lost connection
-                msg = self.imap.limit_hit  # type: ignore[union-attr]
+                msg = self.imap.limit_hit
                 log.warning("%s: %s: %s; closing that connection", self.account.label, what, msg)
                 raise ProtocolError(f"{what}: unusable reply from {self.account.label}: {msg}") from None
             raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {msg}") from None
@@ -109,7 +110,8 @@ class ConnectionBase:
 
     def _take_unsolicited(self) -> None:
         """Drop data imaplib would otherwise pile up; remember that the folder changed."""
-        ur = self.imap.untagged_responses  # type: ignore[union-attr]
+        assert self.imap is not None  # a command just ran on it
+        ur = self.imap.untagged_responses
         for key in ("EXISTS", "EXPUNGE", "RECENT", "VANISHED", "FETCH"):
             if ur.pop(key, None) is not None and self.selected is not None:
                 self.changed.add(self.selected)
@@ -118,7 +120,7 @@ class ConnectionBase:
                     "COPYUID", "APPENDUID", "CAPABILITY", "ENABLED", "NOMODSEQ", "STATUS"):
             ur.pop(key, None)
 
-    def _check(self, what: str, typ: str, dat: list) -> None:
+    def _check(self, what: str, typ: str, dat: list[Any]) -> None:
         if typ == "OK":
             return
         msg = reply_text(dat[0] if dat else b"")
@@ -137,16 +139,16 @@ class ConnectionBase:
         """
         self.selected = None
         self.select_info = None
-        self.vanished: set[int] = set()
+        self.vanished = set()
         self.vanished_unreadable = False
-        self.flag_changes: dict[int, tuple[str, ...]] = {}
+        self.flag_changes = {}
         args = [imapproto.quote(name)]
         if qresync is not None and self.qresync:
             args.append(f"(QRESYNC ({qresync[0]} {qresync[1]}))".encode())
         elif "CONDSTORE" in self.capabilities:
             args.append(b"(CONDSTORE)")
 
-        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+        def do(i: imaplib.IMAP4) -> Reply:
             ur = i.untagged_responses
             ur.clear()
             typ, dat = i._simple_command("SELECT", *args)
@@ -183,7 +185,7 @@ class ConnectionBase:
                     log.warning("%s: unreadable VANISHED reply %r; comparing UID sets instead",
                                 name.decode("ascii", "replace"), v[:80])
                     self.vanished_unreadable = True
-        bad: list = []
+        bad: list[imapproto.FetchFailure] = []
         for _seq, it in imapproto.parse_fetch((d for d in info.get("FETCH") or [] if d is not None), bad):
             if isinstance(it.get(b"UID"), int) and isinstance(it.get(b"FLAGS"), list):
                 self.flag_changes[it[b"UID"]] = tuple(flag_str(f) for f in it[b"FLAGS"] if f is not None)

@@ -236,15 +236,16 @@ class Login(ConnectionBase):
         assert imap is not None
         a = self.account
         if a.user.isascii():
-            user: str | bytes = imap._quote(a.user)  # type: ignore[attr-defined]
+            user: str | bytes = imap._quote(a.user)
         elif "LITERAL+" in imap.capabilities:
             u = a.user.encode("utf-8")
             user = b"{%d+}\r\n" % len(u) + u
         else:
             return AuthError(f"cannot log in as {a.user} on {a.host}:{a.port}: a non-ASCII user name "
                              "needs AUTH=PLAIN or LITERAL+, and the server offers neither")
-        imap.literal = secret.encode("utf-8")  # type: ignore[attr-defined]
-        typ, dat = imap._simple_command("LOGIN", user)  # type: ignore[attr-defined]
+        # typeshed says str | None; imaplib sends bytes, as its own append() sets them.
+        imap.literal = secret.encode("utf-8")  # type: ignore[assignment]
+        typ, dat = imap._simple_command("LOGIN", user)
         if typ != "OK":
             raise imap.error(dat[-1] if dat else b"")
         imap.state = "AUTH"
@@ -265,4 +266,5 @@ class Login(ConnectionBase):
         if caps:
             self.capabilities = frozenset(caps)
         else:
-            self.capabilities = frozenset(c.upper() for c in self.imap.capabilities)  # type: ignore[union-attr]
+            assert self.imap is not None  # CAPABILITY just ran on it
+            self.capabilities = frozenset(c.upper() for c in self.imap.capabilities)

@@ -16,7 +16,7 @@ from .. import imapproto
 from ..errors import NotFound, ProtocolError, StaleError
 from ..records import Known, RawMeta, Status, SyncResult
 from .base import ConnectionBase
-from .wire import flag_str, parse_status
+from .wire import Reply, flag_str, parse_status
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Reads(ConnectionBase):
         MESSAGES, HIGHESTMODSEQ) only say *whether* to look, never *what* is there.
         """
         if "ESEARCH" in self.capabilities:
-            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            def do(i: imaplib.IMAP4) -> Reply:
                 i.untagged_responses.pop("ESEARCH", None)
                 typ, dat = i._simple_command("UID", "SEARCH", "RETURN", "(ALL)", "ALL")
                 return typ, [dat, i.untagged_responses.pop("ESEARCH", [])]
@@ -140,8 +140,7 @@ class Reads(ConnectionBase):
         metadata of every UID the caller lacks. So a missed push event, a lost
         APPENDUID or a stale local cache is repaired, never kept forever
         (GUIDE §5, issue 10). Flags come from QRESYNC/CONDSTORE's CHANGEDSINCE,
-        and on *verify* from a full FLAGS fetch when there is no CONDSTORE or the
-        caller knows no mod-sequence to trust (a counter alone never decides).
+        and on *verify* from a full FLAGS fetch (a counter alone never decides).
         """
         since = (known.uidvalidity, known.highestmodseq) if known is not None and known.highestmodseq else None
         use_qresync = since is not None and self.qresync
@@ -165,16 +164,17 @@ class Reads(ConnectionBase):
             if new:
                 res.added = self.fetch_meta(imapproto.format_uid_set(new))
         condstore = "CONDSTORE" in self.capabilities
-        if (not use_qresync and condstore and known.highestmodseq and info.highestmodseq
-                and info.highestmodseq != known.highestmodseq and info.exists):
-            for uid, it in self.uid_fetch("1:*", f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"):
+        if verify and info.exists:
+            # Every flag, compared, as the UID set is: a verify never trusts the
+            # mod-sequence alone (a cache that lags its counter, a missed event, an
+            # offline change not applied). One line per message, no headers.
+            for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
                     res.flags[uid] = tuple(flag_str(f) for f in fl if f is not None)
-        elif verify and (not condstore or self.vanished_unreadable or not known.highestmodseq) and info.exists:
-            # Every flag, compared: without CONDSTORE, or when the caller's mod-sequence
-            # cannot be trusted (a cache loaded at mount, an offline change not applied).
-            for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
+        elif (not use_qresync and condstore and known.highestmodseq and info.highestmodseq
+                and info.highestmodseq != known.highestmodseq and info.exists):
+            for uid, it in self.uid_fetch("1:*", f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"):
                 fl = it.get(b"FLAGS")
                 if isinstance(fl, list):
                     res.flags[uid] = tuple(flag_str(f) for f in fl if f is not None)
@@ -183,7 +183,7 @@ class Reads(ConnectionBase):
     def status(self, name: bytes) -> Status:
         items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
 
-        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+        def do(i: imaplib.IMAP4) -> Reply:
             i.untagged_responses.pop("STATUS", None)
             typ, dat = i._simple_command("STATUS", imapproto.quote(name), f"({items})")
             return typ, [dat, i.untagged_responses.pop("STATUS", [])]
@@ -201,7 +201,7 @@ class Reads(ConnectionBase):
             return self.list_folders(), {}
         items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
 
-        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+        def do(i: imaplib.IMAP4) -> Reply:
             for k in ("LIST", "STATUS"):
                 i.untagged_responses.pop(k, None)
             special = " SPECIAL-USE" if "SPECIAL-USE" in self.capabilities else ""
@@ -279,7 +279,8 @@ class Reads(ConnectionBase):
     def search_header(self, name: bytes, field: str, value: str) -> list[int]:
         """UIDs in *name* whose header *field* contains *value* (finds an APPEND that may have landed)."""
         self.ensure_selected(name)
-        typ, dat = self._cmd("UID SEARCH", lambda i: i.uid("SEARCH", "HEADER", field, imapproto.quote(value)))
+        typ, dat = self._cmd("UID SEARCH", lambda i: i.uid("SEARCH", "HEADER", field,
+                                                           imapproto.quote(value)))  # type: ignore[arg-type]
         if typ != "OK":
             self._check("UID SEARCH", typ, dat)
         out: list[int] = []

@@ -9,10 +9,12 @@ data (used by a connection and by the push listener in ``watch``).
 from __future__ import annotations
 
 import imaplib
+import io
+import socket
 import ssl
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any, cast
 
 from .. import imapproto
 from ..errors import ProtocolError, TLSError
@@ -25,6 +27,10 @@ MAX_LINE = 8 * 1024 * 1024  # one response line (between literals); imaplib's ow
 # small for a 10,000-part BODYSTRUCTURE (Dovecot's own part limit), 8 MiB is 5 times that.
 MAX_LITERAL = 1024 * 1024 * 1024  # one literal: a whole decoded part of a big message comes as one
 MIN_RATE = 64 * 1024  # bytes/s: a line or literal must arrive within timeout + size / MIN_RATE
+
+# What an imaplib command returns: (typ, data), as typeshed types it. The data items are
+# bytes, (bytes, bytes) for a literal, or None; imapproto parses them.
+Reply = tuple[str, list[Any]]
 
 
 class _Bounded:
@@ -39,21 +45,25 @@ class _Bounded:
     arrive; a violation raises ``abort`` (the connection is unusable).
     """
 
-    file: Any
-    sock: Any
-    abort: type[Exception]
+    # imaplib's own attributes, filled in by IMAP4.open, as typeshed types them. `file` is
+    # sock.makefile("rb"), a BufferedReader (peek, read1): see _reader.
+    file: IO[str] | IO[bytes]
+    sock: socket.socket
     limit_hit: str | None = None  # why a bound was violated (imaplib re-wraps our abort)
 
     def _violation(self, why: str) -> Exception:
         self.limit_hit = why
-        return self.abort(why)
+        return imaplib.IMAP4.abort(why)
 
     def _deadline(self, size: int) -> float:
         timeout = self.sock.gettimeout() if self.sock is not None else None
         return time.monotonic() + (timeout or 30.0) + size / MIN_RATE
 
+    def _reader(self) -> io.BufferedReader:
+        return cast(io.BufferedReader, self.file)
+
     def readline(self) -> bytes:
-        f = self.file
+        f = self._reader()
         data = f.peek(1)
         i = data.find(b"\n")
         if 0 <= i < MAX_LINE:  # the whole line is buffered: the common case
@@ -79,7 +89,7 @@ class _Bounded:
     def read(self, size: int) -> bytes:
         if size > MAX_LITERAL:
             raise self._violation(f"server announced a literal of {size} bytes (limit {MAX_LITERAL})")
-        f = self.file
+        f = self._reader()
         deadline = self._deadline(size)
         parts: list[bytes] = []
         left = size
@@ -114,7 +124,7 @@ def make_ssl_context(cafile: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def reply_text(v: Any) -> str:
+def reply_text(v: object) -> str:
     if isinstance(v, (list, tuple)):
         v = b" ".join(x if isinstance(x, bytes) else str(x).encode() for x in v)
     if isinstance(v, bytes):
@@ -122,13 +132,13 @@ def reply_text(v: Any) -> str:
     return str(v)
 
 
-def flag_str(f: Any) -> str:
+def flag_str(f: object) -> str:
     return f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
 
 
-def parse_status(lines: Iterable) -> Iterable[tuple[bytes, Status]]:
+def parse_status(lines: Iterable[bytes | tuple[bytes, bytes] | None]) -> Iterable[tuple[bytes, Status]]:
     """``* STATUS name (MESSAGES 3 UIDNEXT 9 ...)`` data → (name, Status); bad lines skipped."""
-    chunks: list = []
+    chunks: list[bytes | tuple[bytes, bytes]] = []
     for d in lines:
         if d is None:
             continue

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import imaplib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import imapproto
 from ..errors import Exists, NotEmpty, ProtocolError, Unsupported
 from .reads import Reads
-from .wire import reply_text
+from .wire import Reply, reply_text
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 class Writes(Reads):
     """The write commands of a connection (they look messages up with the reads)."""
 
-    def _run_with_code(self, what: str, code: str, fn: Callable[[imaplib.IMAP4], tuple[str, list]]
-                       ) -> tuple[str, list, list[bytes]]:
+    def _run_with_code(self, what: str, code: str, fn: Callable[[imaplib.IMAP4], Reply]
+                       ) -> tuple[str, list[Any], list[bytes]]:
         """Run a command and collect the response code *code* (COPYUID, APPENDUID) it produced."""
 
-        def do(i: imaplib.IMAP4) -> tuple[str, list]:
+        def do(i: imaplib.IMAP4) -> Reply:
             i.untagged_responses.pop(code, None)
             typ, dat = fn(i)
             return typ, [dat, [c for c in i.untagged_responses.pop(code, []) if isinstance(c, bytes)]]
@@ -52,7 +55,7 @@ class Writes(Reads):
     def _uid_transfer(self, cmd: str, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
         self.ensure_selected(name, uidvalidity)
         typ, dat, codes = self._run_with_code(
-            f"UID {cmd}", "COPYUID", lambda i: i.uid(cmd, str(uid), imapproto.quote(dest)))
+            f"UID {cmd}", "COPYUID", lambda i: i.uid(cmd, str(uid), imapproto.quote(dest)))  # type: ignore[arg-type]
         if typ != "OK":
             self._check(f"UID {cmd} {uid} to {dest!r}", typ, dat)
         return self._copyuid(codes, uid)
@@ -126,10 +129,10 @@ class Writes(Reads):
         when = imaplib.Time2Internaldate(date) if date is not None else None
         mailbox = imapproto.quote(dest).decode("ascii")
         if isinstance(data, (bytes, bytearray, memoryview)):
-            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            def do(i: imaplib.IMAP4) -> Reply:
                 return i.append(mailbox, fl, when, bytes(data))
         else:
-            def do(i: imaplib.IMAP4) -> tuple[str, list]:
+            def do(i: imaplib.IMAP4) -> Reply:
                 send = i.send
                 utf8 = bool(getattr(i, "utf8_enabled", False))
 
@@ -139,8 +142,8 @@ class Writes(Reads):
 
                 literal = Literal()
 
-                def send_chunks(b: Any) -> None:
-                    if b is not literal:
+                def send_chunks(b: ReadableBuffer | Literal) -> None:
+                    if not isinstance(b, Literal):  # the command line; `literal` is the one Literal
                         send(b)
                         return
                     if utf8:
@@ -150,10 +153,12 @@ class Writes(Reads):
                     if utf8:
                         send(b")")
 
-                i.send = send_chunks  # type: ignore[method-assign]
+                # One send(literal) becomes a send per chunk (mypy types the method with its self).
+                i.send = send_chunks  # type: ignore[method-assign, assignment]
                 try:
-                    i.literal = literal
-                    return i._simple_command("APPEND", mailbox, fl, when)
+                    i.literal = literal  # type: ignore[assignment]  # imaplib takes anything with a len()
+                    reply: Reply = i._simple_command("APPEND", mailbox, fl, when)
+                    return reply
                 finally:
                     i.literal = None
                     del i.send
