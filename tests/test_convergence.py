@@ -45,7 +45,8 @@ def cache_db(cache_home: Path) -> Path:
     return found[0]
 
 
-def tamper(db: Path, folder: str, drop: list[int], phantom: list[int]) -> None:
+def tamper(db: Path, folder: str, drop: list[int], phantom: list[int],
+           flags: dict[int, str] | None = None) -> None:
     """Make the stored state miss messages the server has and hold ones it has not.
 
     The counters (UIDNEXT, HIGHESTMODSEQ) are left as the server reported them,
@@ -61,6 +62,8 @@ def tamper(db: Path, folder: str, drop: list[int], phantom: list[int]) -> None:
         for uid in phantom:
             con.execute("INSERT INTO messages(folder, uid, size, internaldate, flags, subject) "
                         "VALUES (?, ?, ?, ?, ?, ?)", (fid, uid, *row))
+        for uid, fl in (flags or {}).items():  # flags the server does not have, under its mod-sequence
+            assert con.execute("UPDATE messages SET flags=? WHERE folder=? AND uid=?", (fl, fid, uid)).rowcount == 1
         con.commit()
     finally:
         con.close()
@@ -89,7 +92,7 @@ def test_remount_repairs_a_cache_that_missed_events(tmp_path, make_dovecot, prof
         assert mount_uids(m, "Conv") == [1, 2, 4, 5, 6]
         time.sleep(0.5)  # the write-behind task persists the folder state
     db = cache_db(cache_home)
-    tamper(db, "Conv", drop=[5], phantom=[3])
+    tamper(db, "Conv", drop=[5], phantom=[3], flags={2: "\\Flagged"})
 
     (tmp_path / "m2").mkdir()
     m2 = Mount(d.url(), tmp_path / "m2", opts_m, password=d.password, env_extra=env)
@@ -98,6 +101,9 @@ def test_remount_repairs_a_cache_that_missed_events(tmp_path, make_dovecot, prof
             f"mount shows {mount_uids(m2, 'Conv')}, server has {server_uids(d, 'Conv')}"
         five = next(p for p in m2.path("Conv").iterdir() if p.name.endswith("#5.eml"))
         assert five.read_bytes() == d.fetch_all("Conv")[5]
+        # flags are compared too, not taken on the mod-sequence's word
+        two = next(p for p in m2.path("Conv").iterdir() if p.name.endswith("#2.eml"))
+        assert os.getxattr(two, "user.imap.flags") == b""
 
 
 def test_state_turns_offline_when_the_push_connection_ends(tmp_path, make_dovecot):
