@@ -169,7 +169,7 @@ class Operations(pyfuse3.Operations):
         # owner reads the mail). Read-only views (.parts, -o ro) drop the write bits.
         self.file_mode = file_mode
         self.dir_mode = dir_mode
-        self._dirs: dict[int, list[tuple[int, str, FsNode | _PartsRef]]] = {}
+        self._dirs: dict[int, Sequence[tuple[int, str, FsNode | _PartsRef]]] = {}
         self._next_fh = 1
 
     # -- attributes -----------------------------------------------------------
@@ -300,6 +300,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
+        entries: Sequence[tuple[int, str, FsNode | _PartsRef]]
         if isinstance(node, PartsDir):
             if self.parts is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)

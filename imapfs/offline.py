@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,8 +34,11 @@ from .disk import Disk
 from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
 from .model import Folder, FolderState, Msg, check_date, check_flags, without_recent
 from .pending import PendingFile
-from .store import NoSuchEntry
+from .store import JournalEntry, NoSuchEntry
 from .tree import Tree
+
+if TYPE_CHECKING:  # Keeper.bulk, the Bulk mount passes in: offline imports nothing of bulk
+    from .bulk import Bulk
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +360,7 @@ class Journal:
             log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
         await self._settle(touched)
 
-    async def _take_back(self, e: Any) -> None:
+    async def _take_back(self, e: JournalEntry) -> None:
         stored = self._appended
         if e.op != "append" or stored is None:
             log.info("offline change #%d was superseded by a newer version of its file", e.seq)
@@ -378,7 +381,7 @@ class Journal:
             log.warning("offline change #%d was superseded while it was sent; an older version of the file "
                         "stays in %s as UID %d: %s", e.seq, box.decode("ascii", "replace"), uid, err)
 
-    async def _failed(self, e: Any, err: BaseException) -> bool:
+    async def _failed(self, e: JournalEntry, err: BaseException) -> bool:
         """Count a failed attempt of entry *e*; set it aside at its limit. True: go on with the next.
 
         The server's NO or BAD may change (a full quota, a folder being renamed), so the
@@ -470,7 +473,7 @@ class Journal:
                 except ImapfsError as e:
                     log.debug("after replay, %r: %s", f.raw, e)
 
-    def _save_unsent(self, e: Any) -> str:
+    def _save_unsent(self, e: JournalEntry) -> str:
         data = e.read_blob() or b""
         folder = self.tree.unsent_dir
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -481,7 +484,7 @@ class Journal:
             os.fsync(fh.fileno())
         return path
 
-    async def _apply(self, e: Any) -> str:
+    async def _apply(self, e: JournalEntry) -> str:
         a = e.args
         pool = self.tree.pool
         if e.op == "move":
@@ -557,7 +560,7 @@ class Journal:
         if not c.uid_exists(folder, uidvalidity, uid):
             raise Skip("the message was removed by someone else")
 
-    async def _apply_append(self, e: Any) -> str:
+    async def _apply_append(self, e: JournalEntry) -> str:
         a = e.args
         data = await trio.to_thread.run_sync(e.read_blob)  # read and hashed off the loop
         if data is None:
@@ -651,9 +654,9 @@ class Keeper:
     """``-o keep=``: folders kept complete on disk for offline use (and never evicted)."""
 
     def __init__(self, tree: Tree, paths: list[str], poll: float, raw: set[bytes] | None = None,
-                 bulk: Any = None) -> None:
+                 bulk: Bulk | None = None) -> None:
         self.tree = tree
-        self.bulk = bulk  # imapfs.bulk.Bulk: batched fetches awaited into the store (issue 12)
+        self.bulk = bulk  # batched fetches awaited into the store (issue 12)
         self.paths = [tuple(p.strip("/").split("/")) for p in paths if p.strip("/")]
         self.poll = poll
         self.raw: set[bytes] = raw if raw is not None else set()  # shared with the store's pinned()
@@ -664,8 +667,9 @@ class Keeper:
     def _resolve(self) -> list[Folder]:
         out = []
         for path in self.paths:
-            node: Any = self.tree.root
+            node: Folder | None = self.tree.root
             for comp in path:
+                assert node is not None  # the loop stops at None
                 node = node.children.get(comp)
                 if node is None:
                     break

@@ -33,7 +33,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import cachetools
 import trio
@@ -42,7 +42,7 @@ from . import mime, transfer
 from .connection import Connection
 from .errors import CommandFailed, ImapfsError, NotFound, ProtocolError, ServerUnavailable, StaleError
 from .inodes import Entry
-from .model import CHUNK, Msg
+from .model import CHUNK, Msg, NodeKey
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ T = TypeVar("T")
 class _Spooled:
     __slots__ = ("file", "size", "users", "dead")
 
-    def __init__(self, file: Any, size: int) -> None:
+    def __init__(self, file: IO[bytes], size: int) -> None:
         self.file = file
         self.size = size
         self.users = 0  # reads under way in threads: the file is closed only when none is
         self.dead = False
 
 
-def _write_spool(directory: str | None, data: bytes) -> Any:
+def _write_spool(directory: str | None, data: bytes) -> IO[bytes]:
     f = tempfile.TemporaryFile(prefix="imapfs-part-", dir=directory, buffering=0)  # unlinked (O_TMPFILE)
     try:
         view = memoryview(data)
@@ -181,11 +181,11 @@ class PartsDir:
         self.msg = msg
         self.entry = entry
         self.inode = 0
-        self.children: list[tuple[str, Any]] | None = None  # (name, node) once loaded
+        self.children: list[tuple[str, PartNode]] | None = None  # (name, node) once loaded
         self.gone = False
         self.lock: trio.Lock | None = None  # made when first loaded (100k messages: no 100k locks)
 
-    def key(self) -> tuple:
+    def key(self) -> NodeKey:
         m = self.msg
         return ("D", m.folder.path, m.uidvalidity, m.uid, self.entry.section if self.entry else "")
 
@@ -204,7 +204,7 @@ class PartFile:
         self.inode = 0
         self.gone = False
 
-    def key(self) -> tuple:
+    def key(self) -> NodeKey:
         m = self.msg
         return ("P", m.folder.path, m.uidvalidity, m.uid, self.entry.section, self.name)
 
@@ -213,6 +213,9 @@ class PartFile:
         if self.entry.kind == "message" and self.mode == "raw" and not self.name.endswith(mime.RAW_SUFFIX):
             return "message/rfc822"
         return mime.mime_type(self.entry.part)
+
+
+PartNode = PartsDir | PartFile  # what a .parts directory holds
 
 
 class Parts:
@@ -276,11 +279,11 @@ class Parts:
 
     # -- listing ----------------------------------------------------------------
 
-    async def listing(self, d: PartsDir) -> list[tuple[int, str, Any]]:
+    async def listing(self, d: PartsDir) -> list[tuple[int, str, PartNode]]:
         children = await self._load(d)
         return [(i, name, node) for i, (name, node) in enumerate(children, 1)]
 
-    async def lookup(self, d: PartsDir, name: str) -> Any:
+    async def lookup(self, d: PartsDir, name: str) -> PartNode:
         for n, node in await self._load(d):
             if n == name:
                 return node
@@ -335,7 +338,7 @@ class Parts:
             raise NotFound(f"{raw!r}: UID {m.uid} is gone (no BODYSTRUCTURE)")
         return root
 
-    async def _load(self, d: PartsDir) -> list[tuple[str, Any]]:
+    async def _load(self, d: PartsDir) -> list[tuple[str, PartNode]]:
         if d.children is not None:
             return d.children
         if d.lock is None:
@@ -391,8 +394,9 @@ class Parts:
         except OSError as err:
             log.warning("cannot spool part %s of UID %d: %s", f.entry.section, f.msg.uid, err)
 
-    async def _build(self, m: Msg, entries: list[mime.PartEntry], sections: dict[str, bytes]) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
+    async def _build(self, m: Msg, entries: list[mime.PartEntry],
+                     sections: dict[str, bytes]) -> list[tuple[str, PartNode]]:
+        out: list[tuple[str, PartNode]] = []
         need_body: list[mime.PartEntry] = []  # decoded, raw section not yet at hand
         need_size: list[mime.PartEntry] = []  # binary via BINARY.SIZE
         binary_ok = "BINARY" in self.tree.caps and m.size > CHUNK
@@ -438,7 +442,7 @@ class Parts:
             out.extend(await self._decoded(m, e, raw))
         return out
 
-    async def _decoded(self, m: Msg, e: mime.PartEntry, raw: bytes | None) -> list[tuple[str, Any]]:
+    async def _decoded(self, m: Msg, e: mime.PartEntry, raw: bytes | None) -> list[tuple[str, PartNode]]:
         if raw is None or len(raw) != e.part.size:
             log.error("%r UID %d: part %s is not what BODYSTRUCTURE says (%s bytes, not %d); "
                       "reading it will fail", m.folder.raw, m.uid, e.section,

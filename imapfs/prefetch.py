@@ -210,6 +210,7 @@ def _follow(targets: list[str], out: TextIO, started: list[str], since: float) -
             out.write("imapfs prefetch: this mount keeps no local cache (cache_dir=none): "
                       "nothing to prefetch into\n")
             return 2
+        # parse() files every NUMBERS key as an int, which its dict[str, object] cannot say.
         total = {k: sum(int(a.get(k, 0)) for a in answers) for k in NUMBERS}  # type: ignore[call-overload]
         running = any(a["state"] == "running" for a in answers)
         if not announced and (total["counting"] == 0 or not running):
@@ -226,7 +227,7 @@ def _follow(targets: list[str], out: TextIO, started: list[str], since: float) -
             _stop(started)
             progress.finish("interrupted; run the same command again to continue")
             return 130
-    lines = [str(line) for a in answers for line in a["lines"]]  # type: ignore[attr-defined]
+    lines = [str(line) for a in answers for line in a["lines"]]  # type: ignore[attr-defined]  # a list, from parse()
     states = {a["state"] for a in answers}
     if states <= {"done", "idle"} and not lines and total["done"] == total["total"]:
         progress.finish("done")

@@ -279,6 +279,7 @@ class Reads(ConnectionBase):
     def search_header(self, name: bytes, field: str, value: str) -> list[int]:
         """UIDs in *name* whose header *field* contains *value* (finds an APPEND that may have landed)."""
         self.ensure_selected(name)
+        # imaplib sends a bytes argument as it is; typeshed allows str only.
         typ, dat = self._cmd("UID SEARCH", lambda i: i.uid("SEARCH", "HEADER", field,
                                                            imapproto.quote(value)))  # type: ignore[arg-type]
         if typ != "OK":

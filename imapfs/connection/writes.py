@@ -8,8 +8,8 @@ only after a confirmed copy, and only by ``UID EXPUNGE`` of exactly that UID
 from __future__ import annotations
 
 import imaplib
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import imapproto
 from ..errors import Exists, NotEmpty, ProtocolError, Unsupported
@@ -18,6 +18,14 @@ from .wire import Reply, reply_text
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
+
+
+class StreamedLiteral(Protocol):
+    """An APPEND literal sent in pieces (``pending.WireLiteral``): its size, then its bytes."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
 
 
 class Writes(Reads):
@@ -54,6 +62,7 @@ class Writes(Reads):
 
     def _uid_transfer(self, cmd: str, name: bytes, uidvalidity: int, uid: int, dest: bytes) -> tuple[int, int] | None:
         self.ensure_selected(name, uidvalidity)
+        # imaplib sends a bytes argument (the quoted wire name) as it is; typeshed allows str only.
         typ, dat, codes = self._run_with_code(
             f"UID {cmd}", "COPYUID", lambda i: i.uid(cmd, str(uid), imapproto.quote(dest)))  # type: ignore[arg-type]
         if typ != "OK":
@@ -115,7 +124,8 @@ class Writes(Reads):
         self.uid_store(name, uidvalidity, uid, "+FLAGS.SILENT", ["\\Deleted"])
         self.uid_expunge(name, uidvalidity, uid)
 
-    def append(self, dest: bytes, data: Any, flags: Sequence[str], date: int | None) -> tuple[int, int] | None:
+    def append(self, dest: bytes, data: bytes | bytearray | memoryview | StreamedLiteral, flags: Sequence[str],
+               date: int | None) -> tuple[int, int] | None:
         """APPEND; returns (UIDVALIDITY, UID) from APPENDUID when the server has UIDPLUS.
 
         *data* is bytes (imaplib turns every line end into CRLF), or a streamed
