@@ -9,7 +9,9 @@ stay visible with their bytes. Nothing in the *cache* is changed for them:
 the cache holds what the server had; the journal holds what we owe it.
 
 On reconnect the journal is replayed in order with the same no-loss rules
-as online writes (Connection.move_message / expunge_message). A change that
+as online writes (Connection.move_message / expunge_message); the talking to
+the server about each entry is imapfs.replay's (Sender), the order, the
+counting of failures and the settling of the tree afterwards are here. A change that
 no longer applies — the message is gone, UIDVALIDITY changed — is skipped,
 logged, and shown in ``user.imapfs.state``; a new message is never dropped:
 if its folder is gone it goes to ``imapfs-recovered``. An APPEND marked as
@@ -18,22 +20,18 @@ started before a crash is looked up by Message-ID before it is sent again.
 
 from __future__ import annotations
 
-import imaplib
 import logging
-import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .connection import Connection
 from .disk import Disk
-from .errors import CommandFailed, Exists, ImapfsError, InvalidArgument, NotFound, ServerUnavailable, Unsupported
-from .model import Folder, FolderState, Msg, check_date, check_flags, without_recent
+from .errors import CommandFailed, ImapfsError, InvalidArgument, ServerUnavailable
+from .model import Folder, FolderState, Msg, without_recent
 from .pending import PendingFile
+from .replay import Sender, Skip, describe
 from .store import JournalEntry, NoSuchEntry
 from .tree import Tree
 
@@ -42,33 +40,8 @@ if TYPE_CHECKING:  # Keeper.bulk, the Bulk mount passes in: offline imports noth
 
 log = logging.getLogger(__name__)
 
-RECOVERED = b"imapfs-recovered"
 MAX_ATTEMPTS = 5
 REFUSED_TRIES = 3  # an APPEND the server answers NO this often is saved aside (like online)
-_MSGID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
-_SEARCHABLE_ID = re.compile(rb"<[\x21-\x7e]{1,900}>")  # printable ASCII: it can be quoted in UID SEARCH
-MSGID_WINDOW = 1024 * 1024  # the header is looked for in the first MiB only
-
-
-class Skip(Exception):
-    """This journal entry no longer applies; the reason goes to the log and the state xattr."""
-
-
-def message_id(data: bytes) -> str | None:
-    """The Message-ID to look a possibly-sent APPEND up by; None if there is none that
-    could be sent in a search (NUL, 8-bit, absurdly long): such a message may then be
-    stored twice, never lost."""
-    head = data[:MSGID_WINDOW].split(b"\r\n\r\n", 1)[0]
-    m = _MSGID.search(head)
-    if not m or not _SEARCHABLE_ID.fullmatch(m.group(1)):
-        return None
-    return m.group(1).decode("ascii")
-
-
-def describe(err: BaseException) -> str:
-    """An error for the log and the journal: our own say what happened, others also what they are."""
-    return str(err) if isinstance(err, ImapfsError) else f"{type(err).__name__}: {err}"
-
 
 @dataclass(frozen=True, eq=False)
 class _Overlay:
@@ -97,8 +70,7 @@ class Journal:
         # What each recorded move or delete shows (by journal seq): taken down as soon as
         # that entry is done, whatever else the journal still owes the folders involved.
         self._shown: dict[int, list[_Overlay]] = {}
-        # (folder, UIDVALIDITY, UID) the entry being replayed stored, if it was an APPEND
-        self._appended: tuple[bytes, int, int] | None = None
+        self.sender = Sender(tree, disk)
         tree.attach_journal(self)
 
     # -- recording --------------------------------------------------------------
@@ -324,18 +296,18 @@ class Journal:
                     touched.add(e.args[key])
             # Settled at the next round should this replay stop before its own settle.
             self._unsettled |= touched
-            self._appended = None
+            self.sender.appended = None
             try:
                 # Shielded: a change sent to the server is also marked done, even if
                 # the mount is being torn down (else the next mount would redo it).
                 with trio.CancelScope(shield=True):
-                    outcome = await self._apply(e)
+                    outcome = await self.sender.apply(e)
                     await self.disk.call(self.store.journal_done, e.seq, outcome)
             except NoSuchEntry:
                 # Superseded while this replay held it (the file changed again, and its
                 # newer version is recorded or stored): nothing to do, or, if the APPEND
                 # went through meanwhile, our copy of the older version to take back.
-                await self._take_back(e)
+                await self.sender.take_back(e)
                 continue
             except Skip as s:
                 await self.disk.call(self.store.journal_skip, e.seq, str(s))
@@ -353,33 +325,12 @@ class Journal:
                     if await self._failed(e, err):
                         continue
                 except NoSuchEntry:  # superseded meanwhile (its blob went with it): as above
-                    await self._take_back(e)
+                    await self.sender.take_back(e)
                     continue
                 break  # keep the order: later changes may depend on this one
             self.pending -= 1
             log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
         await self._settle(touched)
-
-    async def _take_back(self, e: JournalEntry) -> None:
-        stored = self._appended
-        if e.op != "append" or stored is None:
-            log.info("offline change #%d was superseded by a newer version of its file", e.seq)
-            return
-        box, uidv, uid = stored
-
-        def expunge(c: Connection) -> None:
-            info = c.select(box)
-            if info.uidvalidity == uidv and c.uid_exists(box, uidv, uid):
-                c.expunge_message(box, uidv, uid)
-
-        try:
-            with trio.CancelScope(shield=True):
-                await self.tree.pool.run(expunge, retry=False)
-            log.info("offline change #%d was superseded while it was sent: its copy (UID %d) is removed again",
-                     e.seq, uid)
-        except ImapfsError as err:
-            log.warning("offline change #%d was superseded while it was sent; an older version of the file "
-                        "stays in %s as UID %d: %s", e.seq, box.decode("ascii", "replace"), uid, err)
 
     async def _failed(self, e: JournalEntry, err: BaseException) -> bool:
         """Count a failed attempt of entry *e*; set it aside at its limit. True: go on with the next.
@@ -395,7 +346,7 @@ class Journal:
         await self.disk.call(self.store.journal_failed, e.seq, text)
         if e.op == "append" and attempts >= REFUSED_TRIES:
             try:
-                path = await trio.to_thread.run_sync(self._save_unsent, e)  # fsync: off the loop
+                path = await trio.to_thread.run_sync(self.sender.save_unsent, e)  # fsync: off the loop
                 where = f"its bytes are saved in {path}"
             except Exception as save_err:  # noqa: BLE001 - e.g. a damaged blob: journal_skip keeps it
                 where = f"its bytes could not be saved aside ({describe(save_err)}) and stay in journal-kept/"
@@ -472,163 +423,6 @@ class Journal:
                     await self.tree.sync(f, force=True)
                 except ImapfsError as e:
                     log.debug("after replay, %r: %s", f.raw, e)
-
-    def _save_unsent(self, e: JournalEntry) -> str:
-        data = e.read_blob() or b""
-        folder = self.tree.unsent_dir
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=f"unsent-{e.seq}-", suffix=".eml", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return path
-
-    async def _apply(self, e: JournalEntry) -> str:
-        a = e.args
-        pool = self.tree.pool
-        if e.op == "move":
-            src, uidv, uid, dest = a["src"], a["uidvalidity"], a["uid"], a["dest"]
-
-            def move(c: Connection) -> str:
-                self._check_message(c, src, uidv, uid)
-                try:
-                    where, moved = c.move_message(src, uidv, uid, dest)
-                except (NotFound, CommandFailed) as err:
-                    raise Skip(f"cannot move to {dest.decode('ascii', 'replace')} ({err}); "
-                               "the message stays where it was") from None
-                except Unsupported as err:
-                    raise Skip(str(err)) from None
-                if not moved:
-                    raise Skip("the message was removed by someone else")
-                return f"moved to {dest.decode('ascii', 'replace')}" + (f" as UID {where[1]}" if where else "")
-
-            return await pool.run(move, folder=src, retry=False)
-        if e.op == "delete":
-            folder, uidv, uid, trash = a["folder"], a["uidvalidity"], a["uid"], a.get("trash")
-
-            def delete(c: Connection) -> str:
-                self._check_message(c, folder, uidv, uid)
-                try:
-                    if trash is not None and trash != folder:
-                        c.move_message(folder, uidv, uid, trash)
-                        return "moved to the trash"
-                    c.expunge_message(folder, uidv, uid)
-                except Unsupported as err:
-                    raise Skip(str(err)) from None
-                return "deleted"
-
-            return await pool.run(delete, folder=folder, retry=False)
-        if e.op == "flags":
-            folder, uidv, uid, flags = a["folder"], a["uidvalidity"], a["uid"], a["flags"]
-            check_flags(flags)  # a value imaplib cannot send: this entry's failure, before any command
-
-            def setflags(c: Connection) -> str:
-                self._check_message(c, folder, uidv, uid)
-                c.uid_store(folder, uidv, uid, "FLAGS.SILENT", flags)
-                return "flags set"
-
-            return await pool.run(setflags, folder=folder, retry=False)
-        if e.op == "mkdir":
-            name = a["name"]
-
-            def mkdir(c: Connection) -> str:
-                try:
-                    c.create(name)
-                except Exists:
-                    return "already existed"
-                try:
-                    c.subscribe(name)
-                except CommandFailed:
-                    pass
-                return "created"
-
-            return await pool.run(mkdir, retry=False)
-        if e.op == "append":
-            return await self._apply_append(e)
-        raise Skip(f"unknown change {e.op!r}")
-
-    @staticmethod
-    def _check_message(c: Connection, folder: bytes, uidvalidity: int, uid: int) -> None:
-        try:
-            info = c.select(folder)
-        except NotFound:
-            raise Skip(f"folder {folder.decode('ascii', 'replace')} is gone") from None
-        if info.uidvalidity != uidvalidity:
-            raise Skip(f"UIDVALIDITY of {folder.decode('ascii', 'replace')} changed; "
-                       f"UID {uid} no longer names the same message")
-        if not c.uid_exists(folder, uidvalidity, uid):
-            raise Skip("the message was removed by someone else")
-
-    async def _apply_append(self, e: JournalEntry) -> str:
-        a = e.args
-        data = await trio.to_thread.run_sync(e.read_blob)  # read and hashed off the loop
-        if data is None:
-            raise Skip("no message bytes recorded")
-        folder, flags, date, replaces = a["folder"], a.get("flags") or [], a.get("date"), a.get("replaces")
-        earlier = a.get("superseded") or []
-        check_flags(flags)  # values imaplib cannot send: this entry's failure, not the replay's
-        check_date(date)
-        mid = message_id(data)
-        pool = self.tree.pool
-        if e.started is not None and mid is not None:
-            # A run that crashed (or a connection that died) after sending it may have
-            # stored it already. The Message-ID only finds candidates: an edit's old
-            # version has the same one, so only the same bytes count as "stored".
-
-            def look(c: Connection) -> bool:
-                # What APPEND would have stored (imaplib's own line-end pattern, not in typeshed).
-                wanted = imaplib.MapCRLF.sub(b"\r\n", data)  # type: ignore[attr-defined]
-                for box in (folder, RECOVERED):
-                    try:
-                        for uid in c.search_header(box, "Message-ID", mid):
-                            it = c.fetch_items(box, None, uid, "(UID BODY.PEEK[])")
-                            if it.get(b"BODY[]") == wanted:
-                                return True
-                    except (NotFound, CommandFailed):
-                        pass
-                return False
-
-            if await pool.run(look, retry=False):
-                return f"already on the server (found by Message-ID {mid}, same bytes)"
-        await self.disk.call(self.store.journal_started, e.seq)
-
-        def append(c: Connection) -> str:
-            try:
-                where = c.append(folder, data, flags, date)
-                outcome = f"stored in {folder.decode('ascii', 'replace')}"
-            except (NotFound, CommandFailed) as err:
-                if isinstance(err, CommandFailed) and "TRYCREATE" not in str(err):
-                    raise
-                try:
-                    c.create(RECOVERED)
-                except Exists:
-                    pass
-                where = c.append(RECOVERED, data, flags, date)
-                outcome = f"folder {folder.decode('ascii', 'replace')} is gone: stored in {RECOVERED.decode()}"
-                log.warning("offline change #%d: %s", e.seq, outcome)
-                return outcome
-            if replaces:
-                uidv, uid = replaces
-                try:
-                    info = c.select(folder)
-                    if info.uidvalidity == uidv and c.uid_exists(folder, uidv, uid):
-                        c.expunge_message(folder, uidv, uid)
-                except ImapfsError as err:
-                    log.warning("offline edit #%d stored, but the old version stays: %s", e.seq, err)
-            for box, uidv, uid in earlier:  # our copies of earlier versions of the same file
-                try:
-                    info = c.select(box)
-                    if info.uidvalidity == uidv and c.uid_exists(box, uidv, uid):
-                        c.expunge_message(box, uidv, uid)
-                except ImapfsError as err:
-                    log.warning("offline change #%d stored, but a copy of an earlier version stays: %s",
-                                e.seq, err)
-            if where:
-                self._appended = (folder, where[0], where[1])
-            return outcome + (f" as UID {where[1]}" if where else "")
-
-        return await pool.run(append, retry=False)
 
     # -- status --------------------------------------------------------------------------
 

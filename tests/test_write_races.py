@@ -27,7 +27,7 @@ import pytest
 from imapfs.errors import InvalidArgument
 from imapfs.fs import parse_date_xattr
 from imapfs.model import _FLAG
-from imapfs.offline import message_id
+from imapfs.replay import message_id
 from tests.support import dovecot as dv
 from tests.support.dovecot import Dovecot
 from tests.support.mount import Mount
