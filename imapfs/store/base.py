@@ -116,6 +116,30 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return con
 
 
+def open_versioned(path: Path, synchronous: str, schema: str, fmt: int, kind: str, advice: str,
+                   check: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
+    """Open a store database of format *fmt*: refuse a newer one, run *check*, apply *schema*.
+
+    A file written by a newer imapfs raises StoreError naming the *kind*
+    ("cache", "journal") and what to do (*advice*); the connection is closed
+    on any error. What a damaged file means is each caller's business.
+    """
+    con = connect(path, synchronous)
+    try:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > fmt:
+            raise StoreError(
+                f"{path} was written by a newer imapfs ({kind} format {version}, this one knows {fmt}); {advice}")
+        if check is not None:
+            check(con)
+        con.executescript(schema)
+        con.execute(f"PRAGMA user_version={fmt}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 class OneDb:
     """One sqlite file opened by a store half: closing it, and refusing use once closed.
 

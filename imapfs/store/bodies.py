@@ -185,13 +185,7 @@ class Bodies:
                 m = match(self._db(), name, uidvalidity)
             if m is None:
                 return False
-            key = _body_key(m[1], uidvalidity, uid)
-            path = self._path(key)
-            tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-            header = _body_header(key, data)
-            if not path.parent.is_dir():
-                mkdirs(path.parent)
-            write_new(tmp, (header, data), fsync)
+            path, tmp, disk = self._write_tmp(m[1], uidvalidity, uid, data, fsync)
             try:
                 with self._lock:
                     con = self._db()
@@ -200,7 +194,6 @@ class Bodies:
                     old = con.execute("SELECT disk FROM bodies WHERE folder=? AND uidvalidity=? AND uid=?",
                                       (m[0], uidvalidity, uid)).fetchone()
                     os.rename(tmp, path)
-                    disk = len(header) + len(data)
                     try:
                         con.execute("INSERT OR REPLACE INTO bodies VALUES (?,?,?,?,?,?)",
                                     (m[0], uidvalidity, uid, len(data), disk, self._clock()))
@@ -227,6 +220,22 @@ class Bodies:
                 fsync_dir(path.parent)
             return True
 
+    def _write_tmp(self, token: str, uidvalidity: int, uid: int, data: bytes, fsync: bool) -> tuple[Path, Path, int]:
+        """Write a body file (header and *data*) as ``.tmp-*`` beside its final name.
+
+        Returns (final path, tmp path, bytes on disk); the caller renames it
+        into place before indexing it. Shared by put_body and put_bodies so
+        both write the one file format every read verifies.
+        """
+        key = _body_key(token, uidvalidity, uid)
+        path = self._path(key)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        header = _body_header(key, data)
+        if not path.parent.is_dir():
+            mkdirs(path.parent)
+        write_new(tmp, (header, data), fsync)
+        return path, tmp, len(header) + len(data)
+
     def put_bodies(self, items: Iterable[tuple[bytes, int, int, bytes]]) -> int:
         """Store several bodies (name, uidvalidity, uid, data) without fsync, in one transaction.
 
@@ -247,15 +256,9 @@ class Bodies:
                 m = matches[(name, uv)]
                 if m is None:
                     continue
-                key = _body_key(m[1], uv, uid)
-                path = self._path(key)
-                tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-                header = _body_header(key, data)
-                if not path.parent.is_dir():
-                    mkdirs(path.parent)
-                write_new(tmp, (header, data), False)
+                path, tmp, disk = self._write_tmp(m[1], uv, uid, data, False)
                 os.rename(tmp, path)
-                written.append((name, uv, uid, path, len(data), len(header) + len(data)))
+                written.append((name, uv, uid, path, len(data), disk))
             with self._lock:
                 return self._index(written, matches)
 

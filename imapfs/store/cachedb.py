@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import SQLITE_CORRUPT, Corrupt, Errors, StoreError, connect, errcode
+from .base import SQLITE_CORRUPT, Corrupt, Errors, StoreError, errcode, open_versioned
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +73,14 @@ def open_cache(path: Path, bodies_dir: Path, errors: Errors) -> sqlite3.Connecti
 
 
 def _try_open(path: Path) -> sqlite3.Connection:
-    con = connect(path, "NORMAL")
-    try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version > CACHE_FORMAT:
-            raise StoreError(
-                f"{path} was written by a newer imapfs (cache format {version}, this one knows "
-                f"{CACHE_FORMAT}); use the newer imapfs, or give this one another cache_dir")
-        check = con.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise Corrupt(f"quick_check: {check}")
-        con.executescript(_CACHE_SCHEMA)
-        con.execute(f"PRAGMA user_version={CACHE_FORMAT}")
-    except BaseException:
-        con.close()
-        raise
-    return con
+    return open_versioned(path, "NORMAL", _CACHE_SCHEMA, CACHE_FORMAT, "cache",
+                          "use the newer imapfs, or give this one another cache_dir", check=_quick_check)
+
+
+def _quick_check(con: sqlite3.Connection) -> None:
+    check = con.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise Corrupt(f"quick_check: {check}")
 
 
 def as_name(name: Any) -> bytes:

@@ -35,10 +35,10 @@ from .base import (
     NoSuchEntry,
     OneDb,
     StoreError,
-    connect,
     errcode,
     fsync_dir,
     mkdirs,
+    open_versioned,
     tx,
     unlink,
     write_new,
@@ -160,19 +160,8 @@ class JournalStore(OneDb):
 
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
-            con = connect(path, "FULL")
-            try:
-                version = con.execute("PRAGMA user_version").fetchone()[0]
-                if version > JOURNAL_FORMAT:
-                    raise StoreError(
-                        f"{path} was written by a newer imapfs (journal format {version}, this one "
-                        f"knows {JOURNAL_FORMAT}); it may hold offline changes not yet sent: "
-                        f"use the newer imapfs to replay them")
-                con.executescript(_JOURNAL_SCHEMA)
-                con.execute(f"PRAGMA user_version={JOURNAL_FORMAT}")
-            except BaseException:
-                con.close()
-                raise
+            con = open_versioned(path, "FULL", _JOURNAL_SCHEMA, JOURNAL_FORMAT, "journal",
+                                 "it may hold offline changes not yet sent: use the newer imapfs to replay them")
         except sqlite3.DatabaseError as e:
             if errcode(e) in SQLITE_CORRUPT:
                 raise StoreError(
