@@ -32,7 +32,7 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("password_command=CMD", "none", "run CMD with /bin/sh: its first line is the password or token"),
     ("password_file=PATH", "none", "its first line is the password or token (not for others' eyes)"),
     ("ro", "off", "read-only mount"),
-    ("noparts", "off", "hide the NAME.parts/ directories"),
+    ("noparts", "off", "no .NAME.parts/ directories (decoded MIME parts)"),
     ("trash=FOLDER|auto", "none", "rm moves the message to this folder (auto: SPECIAL-USE \\Trash)"),
     ("poll=SECONDS", "60", "how often folders not in use are checked for changes"),
     ("timeout=SECONDS", "30", "network timeout"),

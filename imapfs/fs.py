@@ -30,6 +30,7 @@ import trio
 from .errors import ImapfsError, InvalidArgument, Offline, ProtocolError, ReadOnly, Unsupported, errno_for
 from .imapproto import parse_internaldate
 from .model import Folder, Msg, Node, check_date, split_flags
+from .naming import PARTS_PREFIX, PARTS_SUFFIX, parts_names
 from .parts import PartFile, Parts, PartsDir
 from .pending import PendingFile
 from .tree import Tree
@@ -61,7 +62,6 @@ XATTR_PREFETCH = b"user.imapfs.prefetch"  # progress of the jobs of a folder (an
 XATTR_PREFETCH_START = b"user.imapfs.prefetch.start"  # start or join those jobs; answers how many folders
 XATTR_PREFETCH_STOP = b"user.imapfs.prefetch.stop"  # stop them; answers how many were running
 XATTR_SECTION = b"user.imap.section"
-PARTS_SUFFIX = ".parts"
 MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
@@ -252,8 +252,11 @@ class Operations(pyfuse3.Operations):
         if not isinstance(parent, Folder):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if self.parts is not None and name.endswith(PARTS_SUFFIX) and name not in parent.children:
-            m = await self.tree.lookup(parent, name[: -len(PARTS_SUFFIX)] + ".eml")
-            if isinstance(m, Msg) and m.stem + PARTS_SUFFIX == name:
+            # Listed as .STEM.parts; STEM.parts (the name before issue 12) still resolves, unlisted.
+            # Stems start with a date, never with a dot.
+            stem = name[: -len(PARTS_SUFFIX)].removeprefix(PARTS_PREFIX)
+            m = await self.tree.lookup(parent, stem + ".eml")
+            if isinstance(m, Msg) and m.stem == stem:
                 return self.parts.dir_for(m)
             raise pyfuse3.FUSEError(errno.ENOENT)
         return await self.tree.lookup(parent, name)
@@ -337,16 +340,19 @@ class Operations(pyfuse3.Operations):
             self.tree.remember(node.inode)
 
     def _with_parts(self, entries: list[tuple[int, str, Node]]) -> list[tuple[int, str, FsNode | _PartsRef]]:
-        """Each message's ``NAME.parts`` right after its ``NAME.eml`` (cookie + 1, inode + 1).
+        """Each message's ``.STEM.parts`` right after its ``STEM.eml`` (cookie + 1, inode + 1).
 
-        A light stand-in is listed; the real directory node is made when the
-        kernel first asks for that inode (most are never opened).
+        A dot-name, so ``ls -l`` and ``ls`` skip it: ``ls -l`` asks two or three
+        getxattr of every entry it shows, and pyfuse3 answers each in about
+        60 µs (docs/performance.md, issue 12). ``grep -r`` and ``find`` still
+        see it. A light stand-in is listed; the real directory node is made when
+        the kernel first asks for that inode (most are never opened).
         """
         out: list[tuple[int, str, FsNode | _PartsRef]] = []
         for cookie, name, node in entries:
             out.append((cookie, name, node))
             if isinstance(node, Msg):
-                out.append((cookie + 1, node.stem + PARTS_SUFFIX, _PartsRef(node)))
+                out.append((cookie + 1, parts_names(node.stem)[0], _PartsRef(node)))
         return out
 
     async def releasedir(self, fh: int) -> None:

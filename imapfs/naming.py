@@ -1,4 +1,4 @@
-"""Message file names: ``YYYY-MM-DD_HHMM Subject #UID.eml`` and ``.parts``.
+"""Message file names: ``YYYY-MM-DD_HHMM Subject #UID.eml`` and ``.…#UID.parts``.
 
 Pure functions, no I/O.  A name sorts by date in a file manager, reads like
 the subject, is stable across remounts (INTERNALDATE and UID never change)
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_UID",
     "NO_SUBJECT",
+    "PARTS_PREFIX",
     "PARTS_SUFFIX",
     "SLASH_REPLACEMENT",
     "decode_subject",
@@ -28,6 +29,7 @@ __all__ = [
     "message_stem",
     "parse_message_name",
     "parts_name",
+    "parts_names",
     "sanitize",
 ]
 
@@ -35,6 +37,9 @@ MAX_NAME_BYTES = 255
 MAX_UID = 2**32 - 1
 EML_SUFFIX = ".eml"
 PARTS_SUFFIX = ".parts"
+#: A folder lists a message's parts as a dot-name, so ``ls -l`` (5 getxattr per
+#: message with them, 2 without) and backups skip them (docs/performance.md, issue 12).
+PARTS_PREFIX = "."
 NO_SUBJECT = "(no subject)"
 #: ``/`` cannot appear in a file name; DIVISION SLASH looks the same.
 SLASH_REPLACEMENT = "\u2215"
@@ -152,7 +157,7 @@ def _utc(when: datetime.datetime) -> datetime.datetime:
 
 
 def message_stem(uid: int, internaldate: datetime.datetime, subject: str) -> str:
-    """``YYYY-MM-DD_HHMM <subject> #<uid>`` (UTC), sized so ``.parts`` fits 255 bytes.
+    """``YYYY-MM-DD_HHMM <subject> #<uid>`` (UTC), sized so ``.<stem>.parts`` fits 255 bytes.
 
     A too long subject is cut on a character-cluster boundary and ends with
     ``…``; an empty one becomes ``(no subject)``.
@@ -161,7 +166,7 @@ def message_stem(uid: int, internaldate: datetime.datetime, subject: str) -> str
     t = _utc(internaldate)
     prefix = f"{t.year:04d}-{t.month:02d}-{t.day:02d}_{t.hour:02d}{t.minute:02d} "
     suffix = f" #{uid}"
-    budget = MAX_NAME_BYTES - len(PARTS_SUFFIX) - len(prefix) - len(suffix)  # all ASCII
+    budget = MAX_NAME_BYTES - len(PARTS_PREFIX) - len(PARTS_SUFFIX) - len(prefix) - len(suffix)  # all ASCII
     text = _clean(subject or "")
     if _utf8_len(text) > budget:
         text = _cut(text, budget - len(ELLIPSIS.encode())).rstrip(" ") + ELLIPSIS
@@ -174,8 +179,16 @@ def message_name(uid: int, internaldate: datetime.datetime, subject: str) -> str
 
 
 def parts_name(uid: int, internaldate: datetime.datetime, subject: str) -> str:
-    """Directory beside the message holding its MIME parts: stem + ``.parts``."""
-    return message_stem(uid, internaldate, subject) + PARTS_SUFFIX
+    """Directory beside the message holding its MIME parts: ``.`` + stem + ``.parts``.
+
+    Listed under this dot-name; stem + ``.parts`` resolves to it too (unlisted).
+    """
+    return PARTS_PREFIX + message_stem(uid, internaldate, subject) + PARTS_SUFFIX
+
+
+def parts_names(stem: str) -> tuple[str, str]:
+    """(listed, unlisted) names of a message's parts directory: ``.STEM.parts``, ``STEM.parts``."""
+    return PARTS_PREFIX + stem + PARTS_SUFFIX, stem + PARTS_SUFFIX
 
 
 def parse_message_name(name: str) -> tuple[int, str] | None:

@@ -30,6 +30,7 @@ import trio
 from .disk import Disk
 from .errors import CommandFailed, ImapfsError, InvalidArgument, ServerUnavailable
 from .model import Folder, FolderState, Msg, without_recent
+from .naming import parts_names
 from .pending import PendingFile
 from .replay import Sender, Skip, describe
 from .store import JournalEntry, NoSuchEntry
@@ -169,7 +170,8 @@ class Journal:
             del st.msgs[m.uid]
             st.uids = sorted(st.msgs)
         self.tree.notifier.entry_removed(f.inode, m.name)
-        self.tree.notifier.entry_removed(f.inode, m.stem + ".parts")
+        for name in parts_names(m.stem):
+            self.tree.notifier.entry_removed(f.inode, name)
         return _Overlay("hidden", f, m)
 
     def _show_move(self, m: Msg, dest: Folder, name: str | None) -> list[_Overlay]:
@@ -205,7 +207,8 @@ class Journal:
                     if f.offline_entries.get(o.name) is m:
                         del f.offline_entries[o.name]
                         self.tree.notifier.entry_removed(f.inode, o.name)
-                        self.tree.notifier.entry_removed(f.inode, m.stem + ".parts")
+                        for name in parts_names(m.stem):
+                            self.tree.notifier.entry_removed(f.inode, name)
                 elif f.aliases.get(o.name) is m:
                     del f.aliases[o.name]
                 changed.add(f)

@@ -353,8 +353,8 @@ class Demo:
             ("ls", "folders are directories"),
             ("ls -l INBOX", "messages are NAME.eml files, dated by arrival"),
             (f"cat {rel(lunch)}", "the server's exact bytes"),
-            (f"ls -l {rel(photo.with_suffix('.parts'))}", "MIME parts, decoded"),
-            ("grep -rl Zürich .", "finds an ISO-8859-1 mail in its .parts"),
+            (f"ls -l {rel(photo.with_name('.' + photo.stem + '.parts'))}", "MIME parts, decoded (ls -a lists them)"),
+            ("grep -rl Zürich .", "finds an ISO-8859-1 mail in its .NAME.parts"),
             (f"getfattr -d {rel(lunch)}", "flags as xattrs"),
             (f"setfattr -n user.imap.flags -v '\\Seen \\Flagged' {rel(welcome)}", "UID STORE FLAGS"),
             (f"mv {rel(welcome)} Archive/2025/", "UID MOVE"),
@@ -439,7 +439,7 @@ class Demo:
         run(["cat", str(lunch)], "exact bytes",
             lambda _o, raw: None if raw == inbox_data[1] else "bytes differ from what was stored")
 
-        parts = photo.with_suffix(".parts")
+        parts = photo.with_name("." + photo.stem + ".parts")  # a dot-name since issue 12
         if parts.is_dir():
             run(["ls", "-l", str(parts)], "MIME parts",
                 lambda out, _b: None if "summit.png" in out else "no summit.png")
@@ -449,8 +449,9 @@ class Demo:
                 ok = False
             zurich = self.eml("INBOX", 2)
             run(["grep", "-rl", "Zürich", str(mp)], "decoded text is greppable",
-                lambda out, _b: None if any(l.startswith(str(zurich)[:-4] + ".parts/") for l in out.splitlines())
-                else f"{zurich.name[:-4]}.parts not among the hits")
+                lambda out, _b: None if any(l.startswith(f"{zurich.parent}/.{zurich.stem}.parts/")
+                                            for l in out.splitlines())
+                else f".{zurich.stem}.parts not among the hits")
         else:
             say(f"skip ls {parts.name} and grep -rl Zürich: this build shows no .parts directories yet")
 

@@ -19,6 +19,7 @@ from imapfs.naming import (
     message_stem,
     parse_message_name,
     parts_name,
+    parts_names,
     sanitize,
 )
 
@@ -272,7 +273,7 @@ STEMS = [
 def test_message_stem(uid: int, when: datetime.datetime, subject: str, stem: str) -> None:
     assert message_stem(uid, when, subject) == stem
     assert message_name(uid, when, subject) == stem + ".eml"
-    assert parts_name(uid, when, subject) == stem + ".parts"
+    assert parts_name(uid, when, subject) == "." + stem + ".parts"  # listed as a dot-name (issue 12)
     assert parse_message_name(stem + ".eml") == (uid, "eml")
     assert parse_message_name(stem + ".parts") == (uid, "parts")
 
@@ -317,8 +318,13 @@ def test_long_subject_keeps_clusters_whole() -> None:
     assert stem[-len("… #1") - 1] == "🏽"
 
 
+def test_parts_names_are_the_listed_dot_name_then_the_plain_one() -> None:
+    assert parts_names("2026-11-26_0320 Hi #7") == (".2026-11-26_0320 Hi #7.parts", "2026-11-26_0320 Hi #7.parts")
+    assert parts_names(message_stem(7, WHEN, "Hi"))[0] == parts_name(7, WHEN, "Hi")
+
+
 def test_subject_that_fits_exactly_is_not_truncated() -> None:
-    budget = 255 - len(".parts") - len("2026-11-26_0320 ") - len(" #1")
+    budget = 255 - len("." + ".parts") - len("2026-11-26_0320 ") - len(" #1")
     assert parts_name(1, WHEN, "x" * budget).count("x") == budget
     assert "…" in parts_name(1, WHEN, "x" * (budget + 1))
 

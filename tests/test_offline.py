@@ -574,12 +574,12 @@ def test_a_folder_holding_offline_moves_and_an_unsent_file_lists_each_entry_once
     m.path("B", "new.eml").write_bytes(msg("new", "written offline"))
     names = _listdir_within(m.path("B"), 20)
     assert names is not None, "ls B did not answer"
-    assert sorted(names) == sorted([b0.name, b0.stem + ".parts", srcs[0].name, srcs[0].stem + ".parts", "new.eml"])
+    assert sorted(names) == sorted([b0.name, f".{b0.stem}.parts", srcs[0].name, f".{srcs[0].stem}.parts", "new.eml"])
     for p in srcs[1:]:
         os.rename(p, m.path("B", p.name))
     names = _listdir_within(m.path("B"), 20)
     assert names is not None, "ls B did not answer"
-    want = {b0.name, b0.stem + ".parts", "new.eml"} | {p.name for p in srcs} | {p.stem + ".parts" for p in srcs}
+    want = {b0.name, f".{b0.stem}.parts", "new.eml"} | {p.name for p in srcs} | {f".{p.stem}.parts" for p in srcs}
     assert len(names) == len(set(names)) and set(names) == want
     rig.server_back()
     eventually(lambda: pending(m) == 0, timeout=30)
@@ -608,7 +608,7 @@ def test_a_replayed_move_shows_once_while_a_later_entry_keeps_its_folder_busy(ri
     for name in empties:
         m.path("B", name).write_bytes(b"")
     eventually(lambda: pending(m) == 7)
-    assert sorted(os.listdir(m.path("B"))) == sorted([src.name, src.stem + ".parts", *empties])
+    assert sorted(os.listdir(m.path("B"))) == sorted([src.name, f".{src.stem}.parts", *empties])
     rig.server_back()
     eventually(lambda: message_ids(d, "B") == ["x"], timeout=20)
     (uid,) = d.fetch_all("B")

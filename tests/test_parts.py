@@ -91,6 +91,29 @@ def test_text_is_decoded_to_utf8_and_greppable(env):
     assert os.getxattr(p / "1-body.txt", "user.imap.section") == b"1"
 
 
+def test_folder_lists_parts_under_a_dot_name_and_the_plain_name_still_resolves(env):
+    """Issue 12: a folder lists each message's parts as ``.STEM.parts``, so ``ls -l``, which
+    asks 2-3 getxattr of every entry it shows, shows (and asks about) only the messages;
+    ``STEM.parts``, the name before, still resolves to the same directory, unlisted."""
+    inbox = env.m.path("INBOX")
+    names = os.listdir(inbox)
+    emls = sorted(n for n in names if n.endswith(".eml"))
+    assert len(emls) == 4
+    assert sorted(n for n in names if n not in emls) == sorted("." + n[:-4] + ".parts" for n in emls)
+    ls = subprocess.run(["ls", "-l", "--quoting-style=literal", str(inbox)], capture_output=True, text=True)
+    assert ls.returncode == 0, ls.stderr
+    assert sorted(line.split(maxsplit=8)[8] for line in ls.stdout.splitlines()[1:]) == emls
+    (stem,) = [n[:-4] for n in emls if "Grüße" in n]
+    dotted, plain = inbox / f".{stem}.parts", inbox / f"{stem}.parts"
+    cat = subprocess.run(["cat", str(plain / "1-body.txt")], capture_output=True)
+    assert cat.returncode == 0 and cat.stdout.replace(b"\r\n", b"\n") == "Grüße aus Zürich\n".encode()
+    assert os.listdir(plain) == os.listdir(dotted) == ["1-body.txt"]
+    assert os.stat(plain).st_ino == os.stat(dotted).st_ino
+    assert f"{stem}.parts" not in os.listdir(inbox)
+    with pytest.raises(FileNotFoundError):
+        os.stat(inbox / f"..{stem}.parts")
+
+
 def test_attachments_are_decoded_under_their_names(env):
     p = env.parts_dir("INBOX", "With attachments")
     names = sorted(os.listdir(p))
@@ -167,8 +190,9 @@ def test_noparts_hides_parts(tmp_path):
         with Mount(d.url("imap"), mp, ["tls=off", "noparts"], password=d.password) as m:
             names = os.listdir(m.path("INBOX"))
             assert len(names) == 1 and names[0].endswith(".eml")
-            with pytest.raises(FileNotFoundError):
-                os.listdir(m.path("INBOX", names[0][:-4] + ".parts"))
+            for parts in (names[0][:-4] + ".parts", "." + names[0][:-4] + ".parts"):
+                with pytest.raises(FileNotFoundError):
+                    os.listdir(m.path("INBOX", parts))
 
 
 def test_bodystructure_that_lies_gives_eio_for_that_file_only(tmp_path):

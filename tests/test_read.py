@@ -120,11 +120,12 @@ def test_grep_and_cp_r(mnt, tmp_path):
     out = subprocess.run(["grep", "-rl", "chase", str(mnt.path("Tom & Jerry"))], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     hits = [os.path.relpath(h, mnt.path("Tom & Jerry")) for h in out.stdout.splitlines()]
-    assert len(hits) == 2 and hits[0].endswith(" #1.eml") and hits[1].endswith(" #1.parts/1-body.txt"), hits
+    assert len(hits) == 2 and hits[0].endswith(" #1.eml") and hits[1].startswith(".") \
+        and hits[1].endswith(" #1.parts/1-body.txt"), hits
     subprocess.run(["cp", "-r", str(mnt.path("Entwürfe")), str(tmp_path / "copy")], check=True)
     (name,) = _files(tmp_path / "copy")
     assert (tmp_path / "copy" / name).read_bytes() == b"Subject: =?ISO-8859-1?Q?Gr=FC=DFe?=\r\n\r\nHallo\r\n"
-    assert (tmp_path / "copy" / (name[:-4] + ".parts") / "1-body.txt").read_bytes() == b"Hallo\r\n"
+    assert (tmp_path / "copy" / ("." + name[:-4] + ".parts") / "1-body.txt").read_bytes() == b"Hallo\r\n"
 
 
 def test_statfs(mnt):
@@ -155,8 +156,8 @@ def test_ls_l_costs_one_metadata_fetch(server, tmp_path):
             proxy.clear()
             out = subprocess.run(["ls", "-l", str(m.path("Corpus"))], capture_output=True, text=True)
             assert out.returncode == 0
-            # "total" line, then NAME.eml and NAME.parts per message
-            assert len(out.stdout.splitlines()) == 2 * len(corpus_messages()) + 1
+            # "total" line, then NAME.eml per message (.NAME.parts is a dot-name, issue 12)
+            assert len(out.stdout.splitlines()) == len(corpus_messages()) + 1
             sent = proxy.client_bytes()
     fetches = [line for line in sent.split(b"\r\n") if b" FETCH " in line]
     assert len(fetches) == 1, fetches
