@@ -421,3 +421,40 @@ async def test_journal_survives_a_restart_and_replays_exactly_once(tmp_path: Pat
     assert writes(server) == sent
     assert len(server.commands("APPEND")) == 1 and len(server.commands("UID MOVE")) == 1
     await rig.close()
+
+
+# -- a large folder's metadata, in batches ---------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_large_folder_is_listed_from_batched_metadata_fetches(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 (memory per message): a folder larger than META_BATCH is fetched a batch of
+    UIDs at a time, the UID set first, so one answer's parse garbage never holds the whole
+    folder. Every message is listed once, gaps in the UIDs included; so are the messages a
+    later sync finds new."""
+    from imapfs.connection import reads
+
+    monkeypatch.setattr(reads, "META_BATCH", 3)
+    server = FakeServer({"UIDPLUS", "MOVE", "UNSELECT"}, folders=["INBOX", "Big"])
+    for i in range(10):
+        server.deliver("Big", message(f"big{i}"))
+    c = server.log  # another client expunges two, leaving gaps
+    server.folders["Big"].messages.pop(4)
+    server.folders["Big"].messages.pop(5)
+    rig = await mount(server, tmp_path)
+    try:
+        before = len(c)
+        msgs = await rig.msgs("Big")
+        assert sorted(msgs) == [1, 2, 3, 6, 7, 8, 9, 10]
+        meta = [x for x in server.log[before:] if x.startswith("UID FETCH Big") and "RFC822.SIZE" in x]
+        assert [x.split()[3] for x in meta] == ["1:3", "6:8", "9:10"]
+        for i in range(10, 14):
+            server.deliver("Big", message(f"big{i}"))
+        before = len(server.log)
+        msgs = await rig.msgs("Big")
+        assert sorted(msgs) == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        meta = [x for x in server.log[before:] if x.startswith("UID FETCH Big") and "RFC822.SIZE" in x]
+        assert [x.split()[3] for x in meta] == ["11:13", "14"]
+    finally:
+        await rig.close()
