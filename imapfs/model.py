@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 CHUNK = 4 * 1024 * 1024  # messages up to this size are fetched whole; larger in chunks
+# Where a new message goes when its folder is gone from the server (online and at replay):
+# stored there, never dropped (invariant 3).
+RECOVERED = b"imapfs-recovered"
 PENDING_INODE_BASE = 1 << 62  # files being written: not stable, they are not mail yet
 # Messages: MSG_INODE_BIT | folder bucket << 33 | UID << 1, and NAME.parts at that | 1. So inode
 # order is UID order: GNU grep/fts walk directories of more than 10,000 entries in inode order,

@@ -22,13 +22,12 @@ import trio
 from .connection import Connection
 from .disk import Disk
 from .errors import CommandFailed, Exists, ImapfsError, NotFound, Unsupported
-from .model import check_date, check_flags
+from .model import RECOVERED, check_date, check_flags
 from .store import JournalEntry
 from .tree import Tree
 
 log = logging.getLogger(__name__)
 
-RECOVERED = b"imapfs-recovered"
 _MSGID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 _SEARCHABLE_ID = re.compile(rb"<[\x21-\x7e]{1,900}>")  # printable ASCII: it can be quoted in UID SEARCH
 MSGID_WINDOW = 1024 * 1024  # the header is looked for in the first MiB only

@@ -10,6 +10,7 @@ of exactly that UID, never a plain EXPUNGE (docs/writes.md).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -30,9 +31,11 @@ from .errors import (
     Unsupported,
 )
 from .flagview import FlagView
-from .model import Folder, Msg, check_date, check_flags, sendable_flag, without_recent
+from .model import RECOVERED, Folder, Msg, check_date, check_flags, sendable_flag, without_recent
 
 if TYPE_CHECKING:  # the tree builds Writes with itself; offline is handed in at run time
+    from .connection import Connection
+    from .connection.writes import StreamedLiteral
     from .offline import Journal
     from .pending import PendingFile
     from .tree import Tree
@@ -48,6 +51,17 @@ class _Recorded(enum.Enum):
 
 RECORDED = _Recorded.RECORDED  # what _send_or_journal returns when the journal took the change
 
+
+
+def _append_to(c: Connection, box: bytes, data: bytes | StreamedLiteral, flags: tuple[str, ...],
+               date: int | None) -> tuple[int, int] | None:
+    """APPEND to *box*; the recovered folder is created first if it is missing."""
+    if box == RECOVERED:
+        try:
+            c.create(RECOVERED)
+        except Exists:
+            pass
+    return c.append(box, data, flags, date)
 
 class Writes:
     """Move, delete, flags, folders, and the server's part of storing a file."""
@@ -289,16 +303,29 @@ class Writes:
         raw = folder.raw
         assert raw is not None
 
+        stored_in = [raw]
+
         async def send() -> tuple[tuple[int, int] | None, int]:
             flags, date = self.sendable(p)
             meta = p.meta_generation  # flags, date and folder as read just above
-            snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self.tree.spool_limiter)
-            size = len(snap)
-            try:
-                where = await self.pool.run(lambda c: c.append(raw, snap, flags, date), retry=False)
-            finally:
-                if not isinstance(snap, bytes):
-                    snap.close()
+            for box in (raw, RECOVERED):
+                snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self.tree.spool_limiter)
+                size = len(snap)
+                try:
+                    where = await self.pool.run(
+                        functools.partial(_append_to, box=box, data=snap, flags=flags, date=date), retry=False)
+                    break
+                except (NotFound, CommandFailed) as err:
+                    if box == RECOVERED or (isinstance(err, CommandFailed) and "TRYCREATE" not in str(err)):
+                        raise
+                    # The folder is gone from the server (another client deleted or renamed
+                    # it): stored where the replay stores such mail, never dropped.
+                    log.warning("%s: folder %s is gone from the server: stored in %s instead",
+                                p.name or "an edited message", raw.decode("ascii", "replace"), RECOVERED.decode())
+                    stored_in[0] = RECOVERED
+                finally:
+                    if not isinstance(snap, bytes):
+                        snap.close()
             p.mark_clean(data_gen + meta)  # stored: no checkpoint since the APPEND returned
             return where, size
 
@@ -308,6 +335,13 @@ class Writes:
         if sent is RECORDED:
             return None
         where, size = sent
+        if stored_in[0] != raw:
+            try:
+                await self.tree.refresh_folders(force=True)
+            except ImapfsError as e:  # stored all the same: the next listing shows it
+                log.info("stored in %s; the folder list could not be read yet (%s)", RECOVERED.decode(), e)
+            there = next((f for f in self.tree.folders() if f.raw == RECOVERED), None)
+            return (there, where, size) if there is not None else (folder, None, size)
         return folder, where, size
 
     async def delete_exact(self, m: Msg) -> None:

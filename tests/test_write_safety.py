@@ -232,3 +232,40 @@ def test_append_cut_then_replayed_shows_the_server_names_only(rig, fsync):
         return len(names) == 1 and names[0].endswith(f"#{next(iter(d.fetch_all('INBOX')))}.eml")
 
     eventually(listing_is_the_servers, timeout=20)
+
+
+@pytest.mark.parametrize("edit", [False, True], ids=["new-file", "edit"])
+def test_a_file_whose_folder_another_client_deletes_is_stored_in_the_recovered_folder(tmp_path, edit):
+    """Issue 10 (soak, seed 14): a file being written (or an edit) in a folder another
+    client deleted meanwhile was refused ([TRYCREATE]) three times and set aside in
+    unsent/, off the server. Online it now goes where the replay puts such mail: the
+    folder imapfs-recovered, on the server."""
+    with Dovecot() as d:
+        d.create("Doomed")
+        if edit:
+            d.append("Doomed", msg("old", "the old version"))
+        mp = tmp_path / "m"
+        mp.mkdir()
+        cache = tmp_path / "cache"
+        with Mount(d.url("imap"), mp, ["tls=off", "poll=60"], password=d.password,
+                   env_extra={"XDG_CACHE_HOME": str(cache)}) as m:
+            if edit:
+                (target,) = m.path("Doomed").glob("*.eml")
+            else:
+                target = m.path("Doomed", "new.eml")
+            with open(target, "wb") as fh:
+                fh.write(msg("kept", "written while the folder went away"))
+                c = d.client()
+                assert c.delete("Doomed")[0] == "OK"  # another client, while the file is open
+                c.logout()
+            def recovered() -> list[str]:
+                try:
+                    return message_ids(d, "imapfs-recovered")
+                except Exception:  # noqa: BLE001 - not created yet
+                    return []
+
+            eventually(lambda: recovered() == ["kept"], timeout=20)
+            assert "imapfs-recovered" in os.listdir(m.mountpoint) or eventually(
+                lambda: "imapfs-recovered" in os.listdir(m.mountpoint), timeout=10)
+            assert "is gone from the server: stored in imapfs-recovered instead" in m.log()
+        assert not list((cache / "imapfs" / "unsent").glob("*"))
