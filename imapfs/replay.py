@@ -205,20 +205,12 @@ class Sender:
         await self.disk.call(self.store.journal_started, e.seq)
 
         def append(c: Connection) -> str:
-            try:
-                where = c.append(folder, data, flags, date)
-                outcome = f"stored in {folder.decode('ascii', 'replace')}"
-            except (NotFound, CommandFailed) as err:
-                if isinstance(err, CommandFailed) and "TRYCREATE" not in str(err):
-                    raise
-                try:
-                    c.create(RECOVERED)
-                except Exists:
-                    pass
-                where = c.append(RECOVERED, data, flags, date)
+            box, where = c.append_or_recover(folder, data, flags, date, RECOVERED)
+            if box != folder:
                 outcome = f"folder {folder.decode('ascii', 'replace')} is gone: stored in {RECOVERED.decode()}"
                 log.warning("offline change #%d: %s", e.seq, outcome)
                 return outcome
+            outcome = f"stored in {folder.decode('ascii', 'replace')}"
             if replaces:
                 uidv, uid = replaces
                 try:

@@ -10,7 +10,6 @@ of exactly that UID, never a plain EXPUNGE (docs/writes.md).
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -34,8 +33,6 @@ from .flagview import FlagView
 from .model import RECOVERED, Folder, Msg, check_date, check_flags, sendable_flag, without_recent
 
 if TYPE_CHECKING:  # the tree builds Writes with itself; offline is handed in at run time
-    from .connection import Connection
-    from .connection.writes import StreamedLiteral
     from .offline import Journal
     from .pending import PendingFile
     from .tree import Tree
@@ -51,17 +48,6 @@ class _Recorded(enum.Enum):
 
 RECORDED = _Recorded.RECORDED  # what _send_or_journal returns when the journal took the change
 
-
-
-def _append_to(c: Connection, box: bytes, data: bytes | StreamedLiteral, flags: tuple[str, ...],
-               date: int | None) -> tuple[int, int] | None:
-    """APPEND to *box*; the recovered folder is created first if it is missing."""
-    if box == RECOVERED:
-        try:
-            c.create(RECOVERED)
-        except Exists:
-            pass
-    return c.append(box, data, flags, date)
 
 class Writes:
     """Move, delete, flags, folders, and the server's part of storing a file."""
@@ -308,25 +294,20 @@ class Writes:
         async def send() -> tuple[tuple[int, int] | None, int]:
             flags, date = self.sendable(p)
             meta = p.meta_generation  # flags, date and folder as read just above
-            for box in (raw, RECOVERED):
-                snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self.tree.spool_limiter)
-                size = len(snap)
-                try:
-                    where = await self.pool.run(
-                        functools.partial(_append_to, box=box, data=snap, flags=flags, date=date), retry=False)
-                    break
-                except (NotFound, CommandFailed) as err:
-                    if box == RECOVERED or (isinstance(err, CommandFailed) and "TRYCREATE" not in str(err)):
-                        raise
-                    # The folder is gone from the server (another client deleted or renamed
-                    # it): stored where the replay stores such mail, never dropped.
-                    log.warning("%s: folder %s is gone from the server: stored in %s instead",
-                                p.name or "an edited message", raw.decode("ascii", "replace"), RECOVERED.decode())
-                    stored_in[0] = RECOVERED
-                finally:
-                    if not isinstance(snap, bytes):
-                        snap.close()
+            snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self.tree.spool_limiter)
+            size = len(snap)
+            try:
+                # A folder gone from the server (another client deleted or renamed it):
+                # stored where the replay stores such mail, never dropped.
+                stored_in[0], where = await self.pool.run(
+                    lambda c: c.append_or_recover(raw, snap, flags, date, RECOVERED), retry=False)
+            finally:
+                if not isinstance(snap, bytes):
+                    snap.close()
             p.mark_clean(data_gen + meta)  # stored: no checkpoint since the APPEND returned
+            if stored_in[0] != raw:
+                log.warning("%s: folder %s is gone from the server: stored in %s instead",
+                            p.name or "an edited message", raw.decode("ascii", "replace"), RECOVERED.decode())
             return where, size
 
         # A connection lost during the APPEND: the replay looks it up by Message-ID first.

@@ -638,6 +638,7 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
     went through meanwhile has that copy of the older version taken back (in-process)."""
     import trio
 
+    from imapfs.connection.writes import Writes as ConnectionWrites
     from imapfs.offline import Journal
     from imapfs.store import Store
     from imapfs.tree import Tree
@@ -646,6 +647,9 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
         uidvalidity = 9
 
     class Conn:
+        # the real fallback to imapfs-recovered, over this fake's append
+        append_or_recover = ConnectionWrites.append_or_recover
+
         def __init__(self, store: Store) -> None:
             self.store = store
             self.boxes: dict[int, bytes] = {}

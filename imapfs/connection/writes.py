@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import imapproto
-from ..errors import Exists, NotEmpty, ProtocolError, Unsupported
+from ..errors import CommandFailed, Exists, NotEmpty, NotFound, ProtocolError, Unsupported
 from .reads import Reads
 from .wire import Reply, reply_text
 
@@ -192,6 +192,24 @@ class Writes(Reads):
             if "[ALREADYEXISTS]" in msg:
                 raise Exists(f"{cmd} {names[-1]!r}: {msg}")
             self._check(f"{cmd} {b' '.join(names)!r}", typ, dat)
+
+    def append_or_recover(self, dest: bytes, data: bytes | StreamedLiteral, flags: Sequence[str],
+                          date: int | None, recovered: bytes) -> tuple[bytes, tuple[int, int] | None]:
+        """APPEND to *dest*, or, when the server says *dest* is gone (``[TRYCREATE]``,
+        ``NONEXISTENT``: another client deleted or renamed it), to *recovered*, created
+        if it is missing: a new message is stored, never dropped. Returns the folder it
+        went to and the APPENDUID. *data* is sent twice at most (a streamed literal
+        re-reads its frozen copy)."""
+        try:
+            return dest, self.append(dest, data, flags, date)
+        except (NotFound, CommandFailed) as err:
+            if isinstance(err, CommandFailed) and "TRYCREATE" not in str(err):
+                raise
+        try:
+            self.create(recovered)
+        except Exists:
+            pass
+        return recovered, self.append(recovered, data, flags, date)
 
     def create(self, name: bytes) -> None:
         self._mailbox_cmd("CREATE", name)
