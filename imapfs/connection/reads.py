@@ -156,8 +156,8 @@ class Reads(ConnectionBase):
             else:
                 added = self.fetch_meta("1:*") if info.exists else []
                 present = {m.uid for m in added}
-            if info.exists != len(added):  # some metadata was unusable, or the folder moved meanwhile
-                present = self.uid_set()
+                if info.exists != len(added):  # some metadata was unusable, or the folder moved meanwhile
+                    present = self.uid_set()
             return SyncResult(info, True, added, present)
         res = SyncResult(info, False, [])
         if use_qresync:
@@ -176,17 +176,20 @@ class Reads(ConnectionBase):
             # Every flag, compared, as the UID set is: a verify never trusts the
             # mod-sequence alone (a cache that lags its counter, a missed event, an
             # offline change not applied). One line per message, no headers.
-            for uid, it in self.uid_fetch("1:*", "(UID FLAGS)"):
-                fl = it.get(b"FLAGS")
-                if isinstance(fl, list):
-                    res.flags[uid] = tuple(flag_str(f) for f in fl if f is not None)
+            res.flags.update(self._flags("(UID FLAGS)"))
         elif (not use_qresync and condstore and known.highestmodseq and info.highestmodseq
                 and info.highestmodseq != known.highestmodseq and info.exists):
-            for uid, it in self.uid_fetch("1:*", f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"):
-                fl = it.get(b"FLAGS")
-                if isinstance(fl, list):
-                    res.flags[uid] = tuple(flag_str(f) for f in fl if f is not None)
+            res.flags.update(self._flags(f"(UID FLAGS) (CHANGEDSINCE {known.highestmodseq})"))
         return res
+
+    def _flags(self, items: str) -> dict[int, tuple[str, ...]]:
+        """UID → flags of the selected folder's messages that ``UID FETCH 1:* items`` reports."""
+        out: dict[int, tuple[str, ...]] = {}
+        for uid, it in self.uid_fetch("1:*", items):
+            fl = it.get(b"FLAGS")
+            if isinstance(fl, list):
+                out[uid] = tuple(flag_str(f) for f in fl if f is not None)
+        return out
 
     def status(self, name: bytes) -> Status:
         items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
