@@ -7,6 +7,7 @@ import imaplib
 import re
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -142,6 +143,19 @@ def test_reset_restart_and_stop(make_dovecot):
         socket.create_connection((d.host, port), timeout=1).close()
     d.start()
     assert d.folders() == ["INBOX"]
+
+
+def test_a_killed_servers_folder_locks_name_their_holder(dovecot):
+    """stop() is a SIGKILL: a lock it leaves behind must be breakable at once.
+
+    Dovecot's default O_EXCL dotlock can be left empty by a kill, and an empty
+    ``dovecot-uidlist.lock`` stalls every SELECT of its folder for 2 minutes
+    (CI's soak hit it).  The harness turns O_EXCL off so locks are written
+    whole, with the holder's pid, before they appear.
+    """
+    out = subprocess.run(["doveconf", "-c", str(dovecot.conf_path), "-h", "dotlock_use_excl"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "no"
 
 
 def test_start_up_time(make_dovecot):

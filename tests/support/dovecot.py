@@ -21,6 +21,9 @@ tests/test_harness.py):
   first server of a process also makes the TLS material (~0.2 s).
   ``stop()`` is a SIGKILL of the process group (3 ms; a graceful SIGTERM
   takes 1–6 s), so ``reset()`` (stop, wipe, start) costs about a start.
+* A killed server's locks: ``dotlock_use_excl = no`` (see the config) so
+  a folder a SIGKILL left locked is usable again after about 2.5 s, not
+  after the 2-minute stale timeout of an empty ``dovecot-uidlist.lock``.
 * Failed logins: answered after 0.5 s (auth_failure_delay's timer; the
   per-IP penalty that grows to 15 s is switched off).
 * Dovecot stores bare LF as it came and serves CRLF: an APPEND of
@@ -356,6 +359,13 @@ mail_gid = {mail.pw_gid}
 first_valid_uid = {mail.pw_uid}
 first_valid_gid = {mail.pw_gid}
 mail_location = maildir:~/Maildir
+# stop() is a SIGKILL.  With the default dotlock_use_excl = yes a process
+# killed between creating dovecot-uidlist.lock (O_EXCL) and writing its
+# pid into it leaves an empty lock, and every SELECT of that folder waits
+# for the lock's 2-minute stale timeout (seen once in CI's soak).  Without
+# O_EXCL the lock is written whole and then linked into place, so a dead
+# holder's lock always names its pid and is broken after about 2.5 s.
+dotlock_use_excl = no
 mailbox_list_index = yes
 mail_plugins =
 namespace inbox {{
