@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .errors import NotFound, ServerUnavailable, StaleError
-from .model import Folder, FolderState, Msg, without_recent
+from .model import Folder, FolderState, Msg, flags_unsaved, without_recent
 
 if TYPE_CHECKING:  # the tree builds its Writes, which builds this view, with itself
     from .connection import Connection
@@ -209,4 +209,5 @@ class FlagView:
         if fl is None:
             raise NotFound(f"message UID {uid} is gone from {raw.decode('ascii', 'replace')}")
         m.flags = without_recent(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fl)
+        flags_unsaved(m)
         return m.flags

@@ -223,6 +223,11 @@ class FolderState:
     # the server's (a state loaded from disk, or one a failed step may have left short).
     verified: bool = False
     skipped: set[int] = field(default_factory=set)  # on the server, but unusable metadata: not shown
+    # UIDs whose flags in memory may differ from the cache's: set by a writer that does
+    # not write the cache (the offline journal, a one-message flag read).  The next sync
+    # writes these even when the server agrees with memory, as the cache's stored
+    # mod-sequence moves past them; every other flag in memory equals the cache's.
+    flags_unsaved: set[int] = field(default_factory=set)
     # sequential-read detection for body prefetch
     last_read_uid: int = 0
     window: int = 0
@@ -234,6 +239,13 @@ class FolderState:
     def before(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
         return self.uids[i - 1] if i > 0 else None
+
+
+def flags_unsaved(m: Msg) -> None:
+    """Note that ``m.flags`` was set in memory only: the next sync writes it to the cache."""
+    st = m.folder.state
+    if st is not None and st.uidvalidity == m.uidvalidity:
+        st.flags_unsaved.add(m.uid)
 
 
 class Folder:

@@ -29,7 +29,7 @@ import trio
 
 from .disk import Disk
 from .errors import CommandFailed, ImapfsError, InvalidArgument, ServerUnavailable
-from .model import Folder, FolderState, Msg, without_recent
+from .model import Folder, FolderState, Msg, flags_unsaved, without_recent
 from .naming import parts_names
 from .pending import PendingFile
 from .replay import Sender, Skip, describe
@@ -96,6 +96,7 @@ class Journal:
         await self._record("flags", {"folder": m.folder.raw, "uidvalidity": m.uidvalidity, "uid": m.uid,
                                      "flags": list(flags)})
         m.flags = tuple(flags)
+        flags_unsaved(m)
 
     async def mkdir(self, parent: Folder, name: str, raw: bytes) -> Folder:
         path = parent.path + (name,)
@@ -243,6 +244,7 @@ class Journal:
                     m = self._find(a["folder"], a["uidvalidity"], a["uid"])
                     if m is not None:
                         m.flags = tuple(a["flags"])
+                        flags_unsaved(m)
                 elif e.op == "mkdir":
                     self._show_mkdir(tuple(a["path"]), a["name"])
                 elif e.op == "append":

@@ -345,16 +345,20 @@ class Tree:
                 if res.added:
                     log.debug("%s: %d messages new", raw.decode("ascii", "replace"), len(res.added))
                 self.add(folder, st, [a for a in res.added if a.uid not in gone])
-                # The server's flags, kept in memory and in the cache. Every one is written
-                # to the cache, not only those that differ in memory: a flag set here (or by
-                # an offline replay) may be in memory and not in the cache, whose stored
-                # mod-sequence moves past it now.
+                # The server's flags, kept in memory and in the cache.  The cache gets those
+                # that differ from memory and those memory holds without the cache
+                # (st.flags_unsaved: set offline or read one by one), as the cache's stored
+                # mod-sequence moves past them now.  A verify sync reports every flag, so
+                # writing only these keeps it from rewriting the whole folder's rows.
                 server_flags = {}
+                unsaved = st.flags_unsaved
                 for uid, fl in res.flags.items():
                     m = st.msgs.get(uid)
                     if m is not None:
+                        if m.flags != fl or uid in unsaved:
+                            server_flags[uid] = fl
                         m.flags = fl
-                        server_flags[uid] = fl
+                unsaved.difference_update(server_flags)
                 if server_flags and self.disk is not None:
                     self.disk.set_flags_many(raw, st.uidvalidity, server_flags)
                 if res.present is not None:

@@ -433,7 +433,8 @@ class Watcher:
         verify: set[bytes] = set()
         if full:
             for f in await tree.poll_all():
-                todo[f.raw] = f  # type: ignore[index]
+                if f.raw is not None:  # poll_all returns server folders only
+                    todo[f.raw] = f
             # Counters can agree while UID sets differ (a missed expunge and a missed
             # append): every full round compares each folder the tree shows (issue 10).
             for f in tree.folders():
@@ -442,17 +443,17 @@ class Watcher:
                     verify.add(f.raw)
         elif hot:
             for f in self.hot_folders():
-                if listener.covers(f.raw) or f.raw in todo:  # type: ignore[arg-type]
+                hot_raw = f.raw
+                if hot_raw is None or listener.covers(hot_raw) or hot_raw in todo:  # hot_folders has raw set
                     continue
-                assert f.raw is not None
-                raw = f.raw
-                status = await tree.pool.run(lambda c: c.status(raw))  # noqa: B023 - awaited here
+                status = await tree.pool.run(lambda c: c.status(hot_raw))  # noqa: B023 - awaited here
                 if f.state is not None and status_differs(f.state, status):
-                    todo[raw] = f
+                    todo[hot_raw] = f
         for raw, f in todo.items():
             if not f.gone and f.state is not None:
                 await tree.sync(f, force=True, verify=raw in verify)
         hot_now = self.hot_folders()
         if listener.mode == "idle" and hot_now:
             best = max(hot_now, key=lambda f: (f.open_files > 0, f.last_used))
-            listener.target = best.raw  # type: ignore[assignment]
+            if best.raw is not None:  # hot_folders has raw set
+                listener.target = best.raw

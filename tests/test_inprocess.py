@@ -22,7 +22,7 @@ import trio
 
 from imapfs.disk import Disk
 from imapfs.errors import ServerUnavailable, Unsupported, errno_for
-from imapfs.model import Folder, Msg
+from imapfs.model import Folder, Msg, flags_unsaved
 from imapfs.offline import Journal
 from imapfs.session import Pool
 from imapfs.store import JournalEntry, Store
@@ -273,6 +273,46 @@ async def test_flag_change_whose_connection_drops_is_sent_again_on_a_new_connect
     await rig.tree.set_flags(m, ["\\Answered"])
     assert server.flags("INBOX", 1) == {"\\Answered"}
     assert await rig.owed() == [] and server.logins == 2
+    await rig.close()
+
+
+@pytest.mark.trio
+async def test_a_verify_sync_writes_only_the_flags_the_cache_lacks(tmp_path: Path) -> None:
+    """A verify sync reads every flag; it must write to the cache only those that changed and
+    those memory holds without the cache (a flag journaled offline, then replayed), not every
+    row of the folder each round; and the cache must end up with the server's flags."""
+    server = FakeServer(folders=["INBOX"])
+    uids = [server.deliver("INBOX", message(f"m{i}")) for i in range(5)]
+    rig = await mount(server, tmp_path)
+    assert rig.disk is not None
+    store = rig.disk.store
+    written: list[dict[int, tuple[str, ...]]] = []
+    real = store.set_flags_many
+
+    def spy(name: bytes, uidvalidity: int, flags: dict[int, tuple[str, ...]]) -> int:
+        written.append(dict(flags))
+        return real(name, uidvalidity, flags)
+
+    store.set_flags_many = spy  # type: ignore[method-assign]  # a spy on the store's one flag writer
+    folder = rig.folder("INBOX")
+    msgs = await rig.msgs("INBOX")
+    await rig.tree.sync(folder, force=True, verify=True)
+    await rig.disk.flush()
+    assert written == []  # nothing changed: no row rewritten
+
+    server.set_flags("INBOX", uids[1], "\\Seen")  # another client
+    msgs[uids[3]].flags = ("\\Flagged",)  # memory only, as the journal and flagview set them
+    flags_unsaved(msgs[uids[3]])
+    server.set_flags("INBOX", uids[3], "\\Flagged")  # ... and then replayed to the server
+    await rig.tree.sync(folder, force=True, verify=True)
+    await rig.disk.flush()
+    assert written == [{uids[1]: ("\\Seen",), uids[3]: ("\\Flagged",)}]
+    rec = await rig.disk.call(store.get_folder, b"INBOX")
+    assert rec is not None
+    assert {m.uid: set(m.flags) for m in rec.messages} == {u: server.flags("INBOX", u) for u in uids}
+    await rig.tree.sync(folder, force=True, verify=True)
+    await rig.disk.flush()
+    assert len(written) == 1  # and only once
     await rig.close()
 
 
