@@ -63,7 +63,8 @@ def _char_bytes(ch: str) -> int:
 
 
 def _utf8_len(text: str) -> int:
-    return sum(_char_bytes(ch) for ch in text)
+    """UTF-8 length, lone surrogates counted as 3 bytes (as _char_bytes does), at C speed."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _is_regional_indicator(ch: str) -> bool:
@@ -110,10 +111,13 @@ def _cut(text: str, max_bytes: int) -> str:
 
 
 def _clean(text: str) -> str:
-    text = _SURROGATE.sub("\ufffd", text)
-    text = unicodedata.normalize("NFC", text)
+    ascii_ = text.isascii()  # no surrogate or bidi control, and already NFC: skip those steps
+    if not ascii_:
+        text = _SURROGATE.sub("\ufffd", text)
+        text = unicodedata.normalize("NFC", text)
     text = text.replace("/", SLASH_REPLACEMENT)
-    text = _BIDI_CONTROL.sub("", text)
+    if not ascii_:
+        text = _BIDI_CONTROL.sub("", text)
     text = _CONTROL.sub(" ", text)
     text = " ".join(text.split())
     return text.lstrip(". ")
@@ -148,7 +152,9 @@ def _utc(when: datetime.datetime) -> datetime.datetime:
 
     A naive datetime is taken to be UTC already.
     """
-    if when.tzinfo is None or when.utcoffset() is None:
+    if when.tzinfo is None or when.tzinfo is datetime.timezone.utc:  # naive, or already UTC (the tree's)
+        return when
+    if when.utcoffset() is None:
         return when
     try:
         return when.astimezone(datetime.timezone.utc)
@@ -269,6 +275,8 @@ def _decode_utf8_or_cp1252(data: bytes) -> str:
     come from Windows clients, whose quotes and euro sign would otherwise
     turn into C1 controls.
     """
+    if data.isascii():  # the common case: nothing to fall back on
+        return data.decode("ascii")
     text = data.decode("utf-8", "surrogateescape")
     return _ESCAPED_BYTE.sub(lambda m: _CP1252[ord(m.group()) - 0xDC00], text)
 
@@ -331,6 +339,8 @@ def _decode_encoded_words(text: str) -> str:
     and the bytes of adjacent words in one charset are joined before
     decoding so a character split across words survives.
     """
+    if "=?" not in text:  # no encoded word can start: most subjects (cheap, issue 12)
+        return text
     out: list[str] = []
     pending: list[bytes] = []  # bytes of adjacent decodable words...
     pending_codec: str | None = None  # ...all in this codec

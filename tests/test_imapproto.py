@@ -385,6 +385,137 @@ def test_failure_salvages_sequence_number_and_uid(data, seq, uid):
     assert [(f.seq, f.uid) for f in bad] == [(seq, uid)]
 
 
+# ============================================================ the fast path
+
+# parse_fetch reads the common shapes with one findall per chunk (_fast_fetch) and
+# hands everything else to the general parser. Each case: the data, and whether the
+# fast path takes every response of it. Either way parse_fetch must give exactly what
+# the general parser alone gives (fast=False): the same values, the same errors, the
+# same failures recorded.
+FAST_CASES = {
+    # taken
+    "captured metadata": (META, True),
+    "flags only": ([b"1 (UID 1 FLAGS (\\Seen \\Recent))"], True),
+    "empty flags": ([b"1 (UID 1 FLAGS ())"], True),
+    "MODSEQ": ([b"1 (UID 1 MODSEQ (12345678901234567890) FLAGS (a b))"], True),
+    "keywords kept as sent": ([b"1 (FLAGS (007 NIL nil foo[bar ] a~b \xff\xfe $Label1 " + b"9" * 40 + b") UID 2)"], True),
+    "items after the literal": ([(b"3 (UID 3 " + SUBJ + b" {3}", b"abc"), b" UID 9 FLAGS (x))"], True),
+    "quoted subject": ([b'1 (UID 1 ' + SUBJ + b' "Subject: x")'], True),
+    "empty quoted subject": ([b'1 (UID 1 ' + SUBJ + b' "")'], True),
+    "NIL subject": ([b"1 (UID 1 " + SUBJ + b" NIL)"], True),
+    "empty literal subject": ([(b"1 (UID 1 " + SUBJ + b" {0}", b""), b")"], True),
+    "20-digit numbers, leading zeros": ([b"007 (UID 00000000000000000001 RFC822.SIZE 18446744073709551615)"], True),
+    "duplicate item: the last one wins": ([b"1 (FLAGS (\\Seen) FLAGS ())"], True),
+    "UID 0 (the caller refuses it)": ([b"1 (UID 0)"], True),
+    # not taken: the general parser decides
+    "empty list": ([b"7 ()"], False),
+    "two spaces": ([b"1 (UID 1  FLAGS ())"], False),
+    "tab": ([b"1 (UID 1\tFLAGS ())"], False),
+    "space before the close": ([b"1 (UID 1 )"], False),
+    "space after the open": ([b"1 ( UID 1)"], False),
+    "lower-case names": ([b"1 (uid 5 flags ())"], False),
+    "21-digit size is an atom": ([b"1 (UID 1 RFC822.SIZE 123456789012345678901)"], False),
+    "atom glued to a number": ([b"1 (UID 12abc)"], False),
+    "FLAGS NIL": ([b"1 (UID 1 FLAGS NIL)"], False),
+    "quoted keyword": ([b'1 (UID 1 FLAGS ("a b"))'], False),
+    "nested list in flags": ([b"1 (UID 1 FLAGS ((a)))"], False),
+    "two spaces in flags": ([b"1 (UID 1 FLAGS (a  b))"], False),
+    "space first in flags": ([b"1 (UID 1 FLAGS ( a))"], False),
+    "space last in flags": ([b"1 (UID 1 FLAGS (a ))"], False),
+    "only a space in flags": ([b"1 (UID 1 FLAGS ( ))"], False),
+    "date with an escape": ([b'1 (INTERNALDATE "a\\"b")'], False),
+    "quoted subject with an escape": ([b'1 (' + SUBJ + b' "a\\\\b")'], False),
+    "BODY[] literal": ([(b"3 (BODY[] {3}", b"abc"), b" UID 9)"], False),
+    "LITERAL+ marker": ([(b"1 (UID 1 " + SUBJ + b" {3+}", b"abc"), b")"], False),
+    "literal8": ([(b"1 (UID 1 " + SUBJ + b" ~{3}", b"abc"), b")"], False),
+    "other items": ([b"1 (UID 1 X-GM-LABELS (a))"], False),
+    "partial origin": ([b'1 (BODY[HEADER.FIELDS (SUBJECT)]<0> "x")'], False),
+    "two responses on one line": ([b"1 (UID 1) 2 (UID 2)"], False),
+    "seq glued to the list": ([b"1(UID 1)"], False),
+    "many keywords": ([b"1 (UID 1 FLAGS (" + b" ".join(b"k%d" % i for i in range(10_001)) + b"))"], False),
+    # errors: the same ProtocolError either way
+    "literal shorter than announced": ([(b"1 (UID 1 " + SUBJ + b" {5}", b"abc"), b")"], False),
+    "literal longer than announced": ([(b"1 (UID 1 " + SUBJ + b" {2}", b"abc"), b")"], False),
+    "literal not announced": ([(b"1 (UID 1 ", b"abc"), b")"], False),
+    "literal marker inside the line": ([b"1 (UID 1 " + SUBJ + b" {3} X)"], False),
+    "number glued to a name": ([b"1 (UID 1FLAGS (x))"], False),
+    "list glued to a list": ([b"1 (UID 1 FLAGS (a)(b))"], False),
+    "item glued to the one before": ([b"1 (UID 1(FLAGS (x))"], False),
+    "quote glued to an atom": ([b'1 (INTERNALDATE "x"y)'], False),
+    "unterminated flags": ([b"1 (UID 1 FLAGS (a)"], False),
+    "unterminated quote": ([b'1 (INTERNALDATE "x)'], False),
+    "odd items": ([b"1 (UID 1 FLAGS)"], False),
+    "tail not closed": ([(b"1 (UID 1 " + SUBJ + b" {1}", b"a"), b" UID 2"], False),
+    "tail without a space": ([(b"1 (UID 1 " + SUBJ + b" {1}", b"a"), b"UID 2)"], False),
+    "second literal in the tail": ([(b"1 (UID 1 " + SUBJ + b" {1}", b"a"), (b" " + SUBJ + b" {1}", b"b"), b")"],
+                                   False),
+    "bytearray chunks": ([bytearray(b"4 (UID 8)")], False),
+    "garbage after a good response": ([b"1 (UID 1)", b"\xff (UID"], None),
+}
+
+
+def _outcome(data, fast, bad=None):
+    try:
+        return list(parse_fetch(data, bad, fast=fast))
+    except ProtocolError:
+        return ProtocolError
+
+
+@pytest.mark.parametrize("data, taken", list(FAST_CASES.values()), ids=list(FAST_CASES))
+def test_fast_path_gives_what_the_general_parser_gives(data, taken):
+    assert _outcome(data, True) == _outcome(data, False)
+    bad_fast: list[FetchFailure] = []
+    bad_general: list[FetchFailure] = []
+    assert _outcome(data, True, bad_fast) == _outcome(data, False, bad_general)
+    assert bad_fast == bad_general
+    if taken is not None:
+        groups = list(imapproto._responses(data))
+        assert all((imapproto._fast_fetch(g) is not None) == taken for g in groups)
+
+
+def test_fast_path_keeps_the_value_limit(monkeypatch):
+    # The general parser refuses a response of more than MAX_VALUES values; the fast
+    # path leaves a long keyword list to it, so the limit holds for FLAGS too.
+    monkeypatch.setattr(imapproto, "MAX_VALUES", n := 10_000)
+    with pytest.raises(ProtocolError, match="values"):
+        fetch([b"1 (UID 1 FLAGS (" + b" ".join([b"a"] * n) + b"))"])
+    assert fetch([b"1 (UID 1 FLAGS (a b))"]) == [(1, {b"UID": 1, b"FLAGS": [b"a", b"b"]})]
+
+
+@pytest.mark.parametrize("flags", [b"a[ " * 400_000 + b"a", b"a" * 1_200_000, b" " * 1_200_000],
+                         ids=["400,000 keywords", "one long keyword", "spaces"])
+def test_fast_path_memory_is_linear(flags):
+    # A repeated group per keyword in the regex kept backtracking state for each one:
+    # 587 MB of daemon RSS for the 6 MB keyword line of tests/test_hostile.py.
+    import tracemalloc
+    data = [b"1 (UID 1 FLAGS (" + flags + b"))"]
+    tracemalloc.start()
+    try:
+        imapproto._fast_fetch(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data[0]), f"{peak >> 20} MB for {len(data[0]) >> 10} KB"
+
+
+_FRAGMENTS = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"MODSEQ", SUBJ, b"BODY[]", b"NIL", b" ", b"  ",
+              b"\t", b"(", b")", b'"', b"\\", b"\\Seen", b"1", b"007", b"9" * 21, b"x", b"{", b"}", b"{3}", b"{3+}",
+              b"~", b"[", b"]", b"<0>", b"\xff"]
+
+
+@FAST
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=14), st.lists(st.sampled_from(_FRAGMENTS), max_size=6),
+       st.sampled_from([None, b"abc", b"", b"a)"]), st.sampled_from([b"1 (", b"1 ", b"2 (UID 5 "]))
+def test_fast_path_agrees_on_arbitrary_responses(head, tail, literal, start):
+    text = start + b"".join(head)
+    data: list = [text + b")"] if literal is None else [(text, literal), b"".join(tail) + b")"]
+    bad_fast: list[FetchFailure] = []
+    bad_general: list[FetchFailure] = []
+    assert _outcome(data, True, bad_fast) == _outcome(data, False, bad_general)
+    assert bad_fast == bad_general
+    assert _outcome(data, True) == _outcome(data, False)
+
+
 # ======================================================================= parse
 
 def _nested(depth: int) -> list:

@@ -476,3 +476,49 @@ def test_corpus_slash_subject_name() -> None:
         pytest.skip("mail corpus not available")
     name = message_name(214, WHEN, decode_subject(_header_block(path)))
     assert name == "2026-11-26_0320 ∕home∕svn∕public∕minebox revision 214 #214.eml"
+
+
+# --------------------------------------------------------------------------
+# The shortcuts of the cold listing (issue 12): the same results as the long way
+# --------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=()), max_size=40) | st.text(
+    st.sampled_from("ab /.\t\x01\x7f\u202e\u2066e\u0301\ud800\U0001f600=?"), max_size=40)
+
+
+def _clean_the_long_way(text: str) -> str:
+    text = re.sub("[\ud800-\udfff]", "\ufffd", text)
+    text = unicodedata.normalize("NFC", text).replace("/", "\u2215")
+    text = re.sub("[\u202a-\u202e\u2066-\u2069]", "", text)
+    text = " ".join(re.sub("[\x00-\x1f\x7f-\x9f]", " ", text).split())
+    return text.lstrip(". ")
+
+
+@given(_TEXT)
+def test_shortcuts_agree_with_the_long_way(text: str) -> None:
+    from imapfs import naming
+
+    assert naming._utf8_len(text) == sum(naming._char_bytes(c) for c in text)
+    assert naming._clean(text) == _clean_the_long_way(text)
+    data = text.encode("utf-8", "surrogatepass")
+    for raw in (data, data + b"\xe9\x80"):
+        assert naming._decode_utf8_or_cp1252(raw) == re.sub(
+            "[\udc80-\udcff]", lambda m: naming._CP1252[ord(m.group()) - 0xDC00],
+            raw.decode("utf-8", "surrogateescape"))
+
+
+@pytest.mark.parametrize(("subject", "want"), [("plain ascii", "plain ascii"), ("no =? here", "no =? here"),
+                                             ("=?utf-8?q?caf=C3=A9?=", "café"), ("a=?b", "a=?b"), ("", ""),
+                                             ("x =?x-nosuch?q?y?= z", "x =?x-nosuch?q?y?= z")])
+def test_encoded_word_shortcut(subject: str, want: str) -> None:
+    from imapfs import naming
+
+    assert naming._decode_encoded_words(subject) == want
+    assert decode_subject(b"Subject: " + subject.encode() + b"\r\n") == want
+
+
+@pytest.mark.parametrize("when", [datetime.datetime(2024, 3, 5, 8, 7, tzinfo=UTC),
+                                  datetime.datetime(2024, 3, 5, 8, 7),
+                                  datetime.datetime(2024, 3, 5, 9, 7, tzinfo=tz(1))])
+def test_stem_of_a_utc_date_is_the_stem_of_the_same_instant(when: datetime.datetime) -> None:
+    assert message_stem(7, when, "x") == "2024-03-05_0807 x #7"

@@ -7,6 +7,7 @@ SELECT, because a selected mailbox can lag behind (``fetch_uids``).
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 from collections.abc import Sequence
@@ -249,6 +250,9 @@ class Reads(ConnectionBase):
 
     def fetch_meta(self, uidset: str) -> list[RawMeta]:
         out: list[RawMeta] = []
+        # Most messages of a folder share a few flag sets: one tuple of str each, made once
+        # (CPU per message of a cold listing, issue 12; and memory, as Msg keeps it).
+        flag_sets: dict[tuple[Any, ...], tuple[str, ...]] = {}
         for uid, it in self.uid_fetch(uidset, META_ITEMS):
             try:
                 if UNPARSED in it:
@@ -263,9 +267,17 @@ class Reads(ConnectionBase):
                     raise ProtocolError(f"RFC822.SIZE {size} is over the limit of {imapproto.MAX_MESSAGE_SIZE}")
                 date = imapproto.parse_internaldate(it[b"INTERNALDATE"])
                 flags = it.get(b"FLAGS") or []
+                if not isinstance(flags, list):  # FLAGS 5 was a TypeError that failed the whole folder
+                    raise ProtocolError("FLAGS is not a list")
+                try:
+                    flag_t = flag_sets[tuple(flags)]
+                except (KeyError, TypeError):  # new, or not hashable (a nested list)
+                    flag_t = tuple(flag_str(f) for f in flags if f is not None)
+                    if len(flag_sets) < 1000:
+                        with contextlib.suppress(TypeError):
+                            flag_sets[tuple(flags)] = flag_t
                 subj = it.get(b"BODY[HEADER.FIELDS (SUBJECT)]")
-                out.append(RawMeta(uid, size, date, tuple(flag_str(f) for f in flags if f is not None),
-                                   subj if isinstance(subj, bytes) else None))
+                out.append(RawMeta(uid, size, date, flag_t, subj if isinstance(subj, bytes) else None))
             except (KeyError, ProtocolError) as e:
                 # One bad message must not break its folder: skip it loudly.
                 log.warning("folder %r: ignoring message UID %d with unusable metadata: %s",
