@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
+CHUNKS_AHEAD = 2  # chunks of a big message fetched ahead of its reader, each on its own connection
 Key = tuple[int, int]  # (inode, chunk index)
 FetchHook = Callable[[Msg, dict[bytes, object]], None]
 
@@ -127,7 +128,7 @@ class Content:
             if idx == 0:
                 self._maybe_read_ahead(m)
             elif m.size > CHUNK:
-                self._chunk_ahead(m, idx + 1)
+                self._chunks_ahead(m, idx)
             return data
         if m.size <= CHUNK:
             return await self._fetch_whole(m)
@@ -137,8 +138,9 @@ class Content:
                 for i in range(max(1, (len(whole) + CHUNK - 1) // CHUNK)):
                     self.put((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
                 return whole[idx * CHUNK:(idx + 1) * CHUNK]
+        self._chunks_ahead(m, idx)
         data = await self.cached(key, lambda: self._fetch_chunk(m, idx))
-        self._chunk_ahead(m, idx + 1)
+        self._chunks_ahead(m, idx)
         self._persist_if_complete(m)
         return data
 
@@ -149,6 +151,11 @@ class Content:
             return await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
         except ServerUnavailable as e:
             raise self.offline_miss(m, e) from None
+
+    def _chunks_ahead(self, m: Msg, idx: int) -> None:
+        """Reading chunk *idx* of a big message: have the next CHUNKS_AHEAD fetched meanwhile."""
+        for i in range(idx + 1, idx + 1 + CHUNKS_AHEAD):
+            self._chunk_ahead(m, i)
 
     def _chunk_ahead(self, m: Msg, idx: int) -> None:
         """Reading a big message: fetch its next chunk on another connection meanwhile."""
@@ -216,8 +223,13 @@ class Content:
             st.on_disk.add(m.uid)
 
     def _persist_if_complete(self, m: Msg) -> None:
-        """A big message read to its end: keep it on disk too (offline reading, prefetch)."""
-        if self.disk is None or self.on_disk(m):
+        """A big message read to its end: keep it on disk too (offline reading, prefetch).
+
+        Joined only if the write-behind queue would take it: a 50 MB message
+        never fits, and joining it anyway cost a second copy of it in memory
+        (the peak RSS) and a 50 MB copy on the trio thread (issue 12).
+        """
+        if self.disk is None or self.on_disk(m) or not self.disk.has_room(m.size):
             return
         # Stop at the first chunk not in memory: RFC822.SIZE is the server's word
         # (up to imapproto.MAX_MESSAGE_SIZE), never a reason to build a huge list.
