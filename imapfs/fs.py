@@ -66,8 +66,6 @@ MESSAGE_XATTRS = [XATTR_FLAGS, XATTR_DATE, XATTR_UID, XATTR_UIDVALIDITY]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
-_NO_XATTR = pyfuse3.FUSEError(pyfuse3.ENOATTR)
-
 # Answers to a request that made no sense, not failures of ours: no warning.
 _USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE, errno.EFBIG}
 
@@ -556,9 +554,12 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         # ls -l asks security.selinux and system.posix_acl_* of every entry; the kernel
         # cannot be told to stop asking without losing xattrs altogether, so answer
-        # those before any other work (see docs/performance.md).
+        # those before any other work (see docs/performance.md). A new exception each
+        # time: raising one shared instance chained a traceback, two frames, onto it per
+        # request, kept for good (80,000 frames after two ls -l of 10,000 messages, and
+        # every full GC pass walked them: issue 12, stop 17).
         if not name.startswith(b"user."):
-            raise _NO_XATTR
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await self._getxattr(inode, name, ctx)
 
     @_guarded
