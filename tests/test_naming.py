@@ -522,3 +522,35 @@ def test_encoded_word_shortcut(subject: str, want: str) -> None:
                                   datetime.datetime(2024, 3, 5, 9, 7, tzinfo=tz(1))])
 def test_stem_of_a_utc_date_is_the_stem_of_the_same_instant(when: datetime.datetime) -> None:
     assert message_stem(7, when, "x") == "2024-03-05_0807 x #7"
+
+
+def _subject_value_the_long_way(raw: bytes) -> bytes | None:
+    m = re.search(rb"^subject[ \t]*:", raw, re.IGNORECASE | re.MULTILINE)
+    if m is None:
+        return None
+    lines = re.split(rb"\r?\n", raw[m.end():])
+    value = [lines[0]]
+    for line in lines[1:]:
+        if not line.startswith((b" ", b"\t")):
+            break
+        value.append(line)
+    return b"".join(value)
+
+
+@given(st.lists(st.sampled_from([b"Subject:", b"subject :", b"X: y", b" ", b"\t", b"\r", b"\n", b"\r\n", b"a",
+                                 b"=?utf-8?q?x?=", b"\xc3\xa9", b":"]), max_size=16))
+def test_subject_value_agrees_with_the_long_way(parts: list[bytes]) -> None:
+    from imapfs import naming
+
+    raw = b"".join(parts)
+    assert naming._subject_value(raw) == _subject_value_the_long_way(raw)
+
+
+@pytest.mark.parametrize(("raw", "want"), [(b"Subject: a\r\n\r\n", b" a"), (b"Subject: a\r\n b\r\n", b" a b"),
+                                           (b"Subject:\r\n\r\n", b""), (b"Subject: a\r\r\n", b" a\r"),
+                                           (b"Subject: a", b" a"), (b"Subject: a\n\tb", b" a\tb"),
+                                           (b"X: 1\r\nsubject\t: z\r\n", b" z")])
+def test_subject_value(raw: bytes, want: bytes) -> None:
+    from imapfs import naming
+
+    assert naming._subject_value(raw) == want == _subject_value_the_long_way(raw)
