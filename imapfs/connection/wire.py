@@ -87,6 +87,17 @@ class _Bounded:
                                       f"({len(buf)} bytes so far)")
             data = f.peek(1)
 
+    def _get_line(self) -> bytes:
+        """imaplib's, less its debug log: that formats every line it reads (``'< %r'``),
+        which nothing here ever prints. A sixth of imaplib's time in a metadata FETCH
+        of 10,000 messages (two lines each; issue 12, cold ``ls -l``)."""
+        line = self.readline()
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if not line.endswith(b"\r\n"):  # the protocol ends every line with CRLF
+            raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
+        return line[:-2]
+
     def read(self, size: int) -> bytes:
         if size > MAX_LITERAL:
             raise self._violation(f"server announced a literal of {size} bytes (limit {MAX_LITERAL})")
