@@ -327,6 +327,26 @@ _FAST_ITEM = re.compile(
     re.X,
 )
 _FAST_SEQ = re.compile(rb"\d{1,20}(?= \()")
+# The answer to connection.reads.META_ITEMS in the order asked (Dovecot's, and most
+# servers'): one fullmatch instead of the item loop, the same values (issue 12).
+_FAST_META = re.compile(
+    rb'(\d{1,20}) \(UID (\d{1,20}) FLAGS \(([^\t\r\n()"{]*)\) INTERNALDATE "([^"\\]*)" '
+    rb"RFC822\.SIZE (\d{1,20}) BODY\[HEADER\.FIELDS \(SUBJECT\)\] \{(\d{1,20})\}")
+_SUBJECT_ITEM = b"BODY[HEADER.FIELDS (SUBJECT)]"
+
+
+def _keywords(text: bytes) -> list[bytes] | None:
+    """A FLAGS list's text as its keywords, if it is atoms and single spaces; else None.
+
+    Checked here, not in the regex: a repeated group there keeps backtracking
+    state per keyword (500 MB for 6 MB of them). Many keywords go to the general
+    parser, which counts them against MAX_VALUES.
+    """
+    if not text:
+        return []
+    if text[0] == 0x20 or text[-1] == 0x20 or b"  " in text or text.count(b" ") >= MAX_VALUES // 100:
+        return None
+    return text.split(b" ")
 
 
 def _fast_items(text: bytes, start: int, end: int, out: dict[bytes, Value], literal: bytes | None) -> int:
@@ -342,12 +362,10 @@ def _fast_items(text: bytes, start: int, end: int, out: dict[bytes, Value], lite
         if num_key:
             out[num_key] = int(num)
         elif fl_key:
-            # Atoms and single spaces (checked here: a repeated group in the regex keeps
-            # backtracking state per keyword, 500 MB for 6 MB of them); many keywords go
-            # to the general parser, which counts them against MAX_VALUES.
-            if fl and (fl[0] == 0x20 or fl[-1] == 0x20 or b"  " in fl or fl.count(b" ") >= MAX_VALUES // 100):
+            keywords = _keywords(fl)
+            if keywords is None:
                 return -1
-            out[b"FLAGS"] = fl.split(b" ") if fl else []
+            out[b"FLAGS"] = keywords
         elif date_key:
             out[b"INTERNALDATE"] = date
         elif ms_key:
@@ -393,6 +411,13 @@ def _fast_fetch(group: list[Any]) -> tuple[int, dict[bytes, Value]] | None:
     head, literal = first
     if type(head) is not bytes or type(literal) is not bytes:
         return None
+    mm = _FAST_META.fullmatch(head)
+    if mm is not None and len(tail) == 1:
+        seq, uid, fl, date, size, lit = mm.groups()
+        keywords = _keywords(fl)
+        if len(literal) == int(lit) and keywords is not None:
+            return int(seq), {b"UID": int(uid), b"FLAGS": keywords, b"INTERNALDATE": date,
+                              b"RFC822.SIZE": int(size), _SUBJECT_ITEM: literal}
     m = _FAST_SEQ.match(head)
     if m is None:
         return None

@@ -407,6 +407,26 @@ FAST_CASES = {
     "20-digit numbers, leading zeros": ([b"007 (UID 00000000000000000001 RFC822.SIZE 18446744073709551615)"], True),
     "duplicate item: the last one wins": ([b"1 (FLAGS (\\Seen) FLAGS ())"], True),
     "UID 0 (the caller refuses it)": ([b"1 (UID 0)"], True),
+    # the answer to META_ITEMS in the order asked, read by one fullmatch (or else by the item loop)
+    "metadata, empty flags": ([(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {3}", b"abc"), b")"],
+                              True),
+    "metadata, items after the literal": (
+        [(b'1 (UID 1 FLAGS (a) INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {3}", b"abc"), b" MODSEQ (7))"], True),
+    "metadata, two spaces in flags": (
+        [(b'1 (UID 1 FLAGS (a  b) INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {3}", b"abc"), b")"], False),
+    "metadata, many keywords": ([(b'1 (UID 1 FLAGS (' + b"a " * 10_000 + b'b) INTERNALDATE "x" RFC822.SIZE 5 '
+                                  + SUBJ + b" {3}", b"abc"), b")"], False),
+    "metadata, literal longer than announced": (
+        [(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {2}", b"abc"), b")"], False),
+    "metadata, literal shorter than announced": (
+        [(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {4}", b"abc"), b")"], False),
+    "metadata, junk after the literal marker": (
+        [(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {3}x", b"abc"), b")"], False),
+    "metadata, space after the literal marker": (
+        [(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE 5 ' + SUBJ + b" {3} ", b"abc"), b")"], False),
+    "metadata, 21-digit size": (
+        [(b'1 (UID 1 FLAGS () INTERNALDATE "x" RFC822.SIZE ' + b"1" * 21 + b" " + SUBJ + b" {3}", b"abc"), b")"],
+        False),
     # not taken: the general parser decides
     "empty list": ([b"7 ()"], False),
     "two spaces": ([b"1 (UID 1  FLAGS ())"], False),
