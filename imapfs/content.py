@@ -12,7 +12,6 @@ evicted at any time because it can be fetched again (invariants 2, 6, 8, 9).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from .errors import Offline, ServerUnavailable, StaleError
 from .model import CHUNK, Msg, Notifier, OfflineNotes
 
 if TYPE_CHECKING:  # content does not import disk or session at run time: mount hands them in
-    from .connection import Connection
     from .disk import Disk
     from .session import Pool
 
@@ -32,14 +30,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
-CHUNKS_AHEAD = 2  # chunks of a big message fetched with the one a reader misses
-# A reader going on through a big message gets the following chunks from one stream:
-# one pool checkout fetching chunk after chunk, in order, on the same connection.
-# Dovecot continues a partial fetch where the last one on that connection ended; a
-# range at offset X on another connection makes it scan the message from the start
-# (4 MiB at 44 MiB: 18-32 ms, against 3.5-6.5 ms in order), which is what made 13
-# ranges spread over 3 connections cost 1.8 times one whole FETCH (issue 12).
-AHEAD_MAX = 4  # chunks claimed ahead of a sequential reader, at most a quarter of the cache
+CHUNKS_AHEAD = 2  # chunks of a big message fetched ahead of its reader, each on its own connection
 Key = tuple[int, int]  # (inode, chunk index)
 FetchHook = Callable[[Msg, dict[bytes, object]], None]
 
@@ -55,24 +46,6 @@ class _Fetch:
 
 
 
-@dataclass
-class _Stream:
-    """Chunks of one big message fetched in order, one FETCH each, on one connection.
-
-    ``queue`` holds the chunks claimed (in ``Content._inflight``) and not yet
-    delivered; a following stream claims more as its reader advances, up to
-    ``Content._ahead`` chunks past it, and ends when it has nothing claimed.
-    """
-
-    m: Msg
-    start: int
-    reader: int
-    frontier: int  # the next chunk index to consider claiming
-    follow: bool
-    queue: deque[int] = field(default_factory=deque)
-    fetches: dict[int, _Fetch] = field(default_factory=dict)
-
-
 class Content:
     """The bytes of messages (and of decoded ``.parts`` files), by (inode, chunk)."""
 
@@ -85,7 +58,6 @@ class Content:
         self.clock = clock
         self.lru: cachetools.LRUCache[Key, bytes] = cachetools.LRUCache(maxsize=max(1, mem_cache), getsizeof=len)
         self._inflight: dict[Key, _Fetch] = {}
-        self._streams: dict[int, _Stream] = {}  # inode -> the stream following its reader
         self._nursery: trio.Nursery | None = None  # for read-ahead, while run() runs
         self._fetch_extra = ""  # FETCH items asked along with bodies (parts asks for BODYSTRUCTURE)
         self._fetch_hooks: list[FetchHook] = []  # given those items per message
@@ -151,13 +123,11 @@ class Content:
         key = (m.inode, idx)
         if idx == 0:
             self._note_read(m)
-        if m.size > CHUNK:
-            self._follow(m, idx)
         data = await self._peek(key)
         if data is not None:
             if idx == 0:
                 self._maybe_read_ahead(m)
-            if m.size > CHUNK:
+            elif m.size > CHUNK:
                 self._chunks_ahead(m, idx)
             return data
         if m.size <= CHUNK:
@@ -168,153 +138,39 @@ class Content:
                 for i in range(max(1, (len(whole) + CHUNK - 1) // CHUNK)):
                     self.put((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
                 return whole[idx * CHUNK:(idx + 1) * CHUNK]
-        return await self._stream_chunk(m, idx)
-
-    def _ahead(self) -> int:
-        """How many chunks a stream claims past its reader: the chunks fetched ahead must
-        fit in the memory cache beside what the reader holds."""
-        return max(1, min(AHEAD_MAX, self.maxsize // (4 * CHUNK)))
-
-    def _present(self, m: Msg, idx: int) -> bool:
-        key = (m.inode, idx)
-        return key in self.lru or key in self._inflight
-
-    def _follow(self, m: Msg, idx: int) -> None:
-        """The reader of big message *m* is at chunk *idx*: its stream claims on, or, if the
-        reader jumped past what the stream claimed, stops following it."""
-        s = self._streams.get(m.inode)
-        if s is None:
-            return
-        if idx > s.frontier:  # a jump past what it claimed: it fetches that, and nothing more
-            s.follow = False
-            del self._streams[m.inode]
-            return
-        s.reader = max(s.reader, idx)
-        self._claim(s)
-
-    def _claim(self, s: _Stream) -> None:
-        """Claim the chunks from the stream's frontier up to its window past the reader."""
-        m = s.m
-        if s.follow:
-            ahead = self._ahead() if s.reader > s.start else min(CHUNKS_AHEAD, self._ahead())
-            limit = s.reader + 1 + ahead
-        else:
-            limit = s.start + 1 + min(CHUNKS_AHEAD, self._ahead())
-        limit = min(limit, (m.size + CHUNK - 1) // CHUNK)
-        while s.frontier < limit:
-            i = s.frontier
-            s.frontier += 1
-            if self._present(m, i):
-                continue
-            self._inflight[(m.inode, i)] = s.fetches[i] = _Fetch()
-            s.queue.append(i)
-
-    def _start(self, m: Msg, start: int, reader: int) -> _Stream:
-        """A stream from chunk *start* (not held, not on its way); it follows the reader
-        unless another stream of the message already does."""
-        follow = m.inode not in self._streams
-        s = _Stream(m, start, reader, start, follow)
-        if follow:
-            self._streams[m.inode] = s
-        self._claim(s)
-        return s
-
-    def _next(self, s: _Stream) -> int | None:
-        """On the trio thread: the chunk the stream's thread fetches next; None ends it."""
-        if s.queue:
-            return s.queue[0]
-        if self._streams.get(s.m.inode) is s:
-            del self._streams[s.m.inode]
-        return None
-
-    def _deliver(self, s: _Stream, i: int, piece: bytes) -> int | None:
-        """On the trio thread: chunk *i* arrived; readers get it, the stream claims on."""
-        m = s.m
-        assert s.queue and s.queue[0] == i
-        s.queue.popleft()
-        short = len(piece) < CHUNK and (i + 1) * CHUNK < m.size
-        self._settle(s, i, piece[:CHUNK], None)
-        if short:  # the server sent less than it announced: what follows comes short too
-            self._stop(s, b"", None)
-            return None
-        if s.follow:
-            self._claim(s)
-        return self._next(s)
-
-    def _settle(self, s: _Stream, i: int, data: bytes | None, error: BaseException | None) -> None:
-        key = (s.m.inode, i)
-        f = s.fetches.pop(i)
-        f.data, f.error = data, error
-        if data:
-            self.put(key, data)
-        if self._inflight.get(key) is f:
-            del self._inflight[key]
-        f.done.set()
-
-    def _stop(self, s: _Stream, data: bytes | None, error: BaseException | None) -> None:
-        """End the stream: the chunks it claimed and did not deliver get *data* or *error*."""
-        if self._streams.get(s.m.inode) is s:
-            del self._streams[s.m.inode]
-        while s.queue:
-            self._settle(s, s.queue.popleft(), data, error)
-
-    async def _run(self, s: _Stream) -> None:
-        """Fetch the stream's chunks in one pool checkout. Never raises an Exception: the
-        readers get it from their ``_Fetch``."""
-        m = s.m
-        raw, uidv = m.folder.raw, m.uidvalidity
-        try:
-            assert raw is not None
-
-            def fetch(c: Connection) -> None:
-                # A retry on a fresh connection starts again at the first chunk not delivered.
-                i = trio.from_thread.run_sync(self._next, s)
-                while i is not None:
-                    piece = c.fetch_range(raw, uidv, m.uid, i * CHUNK, CHUNK)
-                    i = trio.from_thread.run_sync(self._deliver, s, i, piece)
-
-            try:
-                await self.pool.run(fetch, folder=raw)
-            except ServerUnavailable as e:
-                raise self.offline_miss(m, e) from None
-        except Exception as e:  # noqa: BLE001 - handed to the readers, who raise it
-            self._stop(s, None, e)
-        except BaseException:  # cancelled (unmount): not an exception to raise in the readers' tasks
-            self._stop(s, None, ServerUnavailable(f"the read of UID {m.uid} was cancelled"))
-            raise
-        self._stop(s, b"", None)  # nothing is left; a stream cut short leaves short reads
+        self._chunks_ahead(m, idx)
+        data = await self.cached(key, lambda: self._fetch_chunk(m, idx))
+        self._chunks_ahead(m, idx)
         self._persist_if_complete(m)
+        return data
 
-    async def _stream_chunk(self, m: Msg, idx: int) -> bytes:
-        """Chunk *idx* of a big message, fetched by a stream that starts there. It runs in the
-        read-ahead nursery when there is one, so a reader interrupted meanwhile does not fail
-        the others waiting for its chunks."""
-        while True:
-            data = await self._peek((m.inode, idx))
-            if data is not None:
-                return data
-            s = self._start(m, idx, idx)
-            f = s.fetches[idx]
-            if self._nursery is not None:
-                self._nursery.start_soon(self._run, s)
-            else:
-                await self._run(s)
-            await f.done.wait()
-            if f.data is not None:
-                return f.data
-            assert f.error is not None
-            raise f.error
+    async def _fetch_chunk(self, m: Msg, idx: int) -> bytes:
+        raw, uidv = m.folder.raw, m.uidvalidity
+        assert raw is not None
+        try:
+            return await self.pool.run(lambda c: c.fetch_range(raw, uidv, m.uid, idx * CHUNK, CHUNK), folder=raw)
+        except ServerUnavailable as e:
+            raise self.offline_miss(m, e) from None
 
     def _chunks_ahead(self, m: Msg, idx: int) -> None:
-        """The reader of a big message got chunk *idx* from the cache: if no stream follows
-        it, start one at the first chunk of the next CHUNKS_AHEAD not held."""
-        if self._nursery is None or m.inode in self._streams:
+        """Reading chunk *idx* of a big message: have the next CHUNKS_AHEAD fetched meanwhile."""
+        for i in range(idx + 1, idx + 1 + CHUNKS_AHEAD):
+            self._chunk_ahead(m, i)
+
+    def _chunk_ahead(self, m: Msg, idx: int) -> None:
+        """Reading a big message: fetch its next chunk on another connection meanwhile."""
+        key = (m.inode, idx)
+        if (self._nursery is None or idx * CHUNK >= m.size or key in self.lru or key in self._inflight):
             return
-        last = (m.size + CHUNK - 1) // CHUNK
-        for i in range(idx + 1, min(last, idx + 1 + min(CHUNKS_AHEAD, self._ahead()))):
-            if not self._present(m, i):
-                self._nursery.start_soon(self._run, self._start(m, i, idx))
-                return
+
+        async def ahead() -> None:
+            try:
+                await self.cached(key, lambda: self._fetch_chunk(m, idx))
+                self._persist_if_complete(m)
+            except Exception as e:  # noqa: BLE001 - the reader will fetch it itself
+                log.debug("chunk read-ahead failed: %s", e)
+
+        self._nursery.start_soon(ahead)
 
     async def is_cached(self, m: Msg) -> bool:
         """Stored in the persistent cache, checked with the store (``user.imapfs.cached``)."""
