@@ -16,19 +16,23 @@ import ctypes
 import hashlib
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import threading
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from imapfs.connection import wire
 from imapfs.disk import QUEUE_BYTES, Disk
-from imapfs.model import CHUNK
+from imapfs.errors import ServerUnavailable
+from imapfs.model import CHUNK, Msg
 from imapfs.session import Pool
 from imapfs.store import Store
 from imapfs.tree import Tree
@@ -201,3 +205,122 @@ def test_the_daemons_threads_share_one_malloc_arena() -> None:
     assert cp.stdout.strip() == "True"
     arenas = [line for line in cp.stderr.splitlines() if line.startswith("Arena ")]
     assert len(arenas) == 1, cp.stderr
+
+
+# -- big messages read out of order, a small cache, a lost or short range (content.py) ------
+
+
+async def _big_tree(tmp_path: Path, data: bytes, *, mem_cache: int = 64 * MIB
+                    ) -> tuple[FakeServer, Pool, Tree, Msg, list[tuple[int, int, int]]]:
+    """The fake server with one big message, a tree over it, and the log of ranged body
+    FETCHes it carries out: (connection, offset, length), in order."""
+    server = FakeServer(folders=["INBOX"])
+    uid = server.deliver("INBOX", data)
+    ranges: list[tuple[int, int, int]] = []
+    run = server.run
+
+    def logged(client: Any, what: str, fn: Any) -> Any:
+        result = run(client, what, fn)
+        ranges.extend((id(client), int(a), int(b)) for a, b in re.findall(r"BODY\.PEEK\[\]<(\d+)\.(\d+)>", what))
+        return result
+
+    server.run = logged  # type: ignore[method-assign]
+    pool = Pool(server.account(), size=4, backoff_max=0.05, connection_factory=server.connection)
+    await pool.start()
+    tree = Tree(pool, mem_cache=mem_cache, disk=None, unsent_dir=str(tmp_path / "unsent"),
+                spool_dir=str(tmp_path))
+    await tree.refresh_folders(force=True)
+    st = await tree.sync(tree.root.children["INBOX"], force=True)
+    assert st is not None
+    return server, pool, tree, st.msgs[uid], ranges
+
+
+async def _read_through(tree: Tree, m: Msg, step: int) -> bytes:
+    got = bytearray()
+    for off in range(0, m.size, step):  # as the kernel asks
+        got += await tree.read(m, off, step)
+    return bytes(got)
+
+
+@pytest.mark.trio
+async def test_a_reader_that_jumps_gets_the_bytes_of_every_offset(tmp_path: Path) -> None:
+    """A read in the middle starts at that chunk; reads across chunk boundaries, forwards
+    past what was fetched ahead and backwards are byte-exact; no chunk is fetched twice."""
+    size = 9 * CHUNK + 77
+    data = big_message(size, seed=8)
+    server, pool, tree, m, ranges = await _big_tree(tmp_path, data)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        assert await tree.read(m, 6 * CHUNK + 10, 1000) == data[6 * CHUNK + 10: 6 * CHUNK + 1010]
+        assert (6 * CHUNK, CHUNK) in [r[1:] for r in ranges] and min(r[1] for r in ranges) == 6 * CHUNK
+        for off in (3 * CHUNK - 500, 5 * CHUNK - 1, 9 * CHUNK - 3, 7, 2 * CHUNK, size - 10):
+            assert await tree.read(m, off, 1000) == data[off: off + 1000], off
+        for off in range(size - 1, -1, -CHUNK // 3):  # backwards
+            assert await tree.read(m, off, 4096) == data[off: off + 4096], off
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    await pool.close()
+    offsets = [off for _, off, _ in ranges]
+    assert all(length == CHUNK for _, _, length in ranges)
+    assert len(offsets) == len(set(offsets)) == 10, ranges
+    assert not tree.content._inflight
+
+
+@pytest.mark.trio
+async def test_a_small_memory_cache_fetches_each_chunk_once(tmp_path: Path) -> None:
+    """With `-o mem_cache=8M` (two chunks) what is fetched ahead is still there when the
+    reader gets to it."""
+    size = 4 * CHUNK + 99
+    data = big_message(size, seed=9)
+    server, pool, tree, m, ranges = await _big_tree(tmp_path, data, mem_cache=8 * MIB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        assert await _read_through(tree, m, 256 * 1024) == data
+        nursery.cancel_scope.cancel()
+    await pool.close()
+    assert sorted(off for _, off, _ in ranges) == [i * CHUNK for i in range(5)]
+
+
+@pytest.mark.trio
+async def test_a_range_lost_with_its_connection_or_cut_short(tmp_path: Path) -> None:
+    """A dropped connection during a ranged fetch costs its readers an error (or a retry),
+    never a hang; a server sending fewer bytes than it announced gives short reads of its own
+    bytes, never other bytes."""
+    size = 8 * CHUNK + 5
+    data = big_message(size, seed=10)
+    server, pool, tree, m, ranges = await _big_tree(tmp_path, data)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        assert await tree.read(m, 0, 1000) == data[:1000]
+        server.drop("UID FETCH")  # the next ranged FETCH loses its connection
+        errors = 0
+        got = bytearray()
+        off = 1000
+        while off < size:
+            try:
+                piece = await tree.read(m, off, 128 * 1024)
+            except ServerUnavailable:
+                errors += 1
+                assert errors < 3
+                continue
+            got += piece
+            off += len(piece)
+        assert bytes(got) == data[1000:]
+        await trio.testing.wait_all_tasks_blocked()
+        assert not tree.content._inflight
+        # the server now has fewer bytes than it announced: chunks not yet held come short
+        tree.content.lru.clear()
+        with server.lock:
+            server.folders["INBOX"].messages[m.uid].data = data[: 5 * CHUNK + 100]
+        out = bytearray()
+        for off in range(0, size, 128 * 1024):
+            piece = await tree.read(m, off, 128 * 1024)
+            if len(piece) < 128 * 1024 and off + len(piece) < size:
+                assert piece == data[off: off + len(piece)]
+                break
+            out += piece
+        assert bytes(out) == data[: len(out)] and len(out) <= 5 * CHUNK + 100
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    await pool.close()
+    assert not tree.content._inflight
