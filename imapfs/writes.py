@@ -289,9 +289,7 @@ class Writes:
         raw = folder.raw
         assert raw is not None
 
-        stored_in = [raw]
-
-        async def send() -> tuple[tuple[int, int] | None, int]:
+        async def send() -> tuple[bytes, tuple[int, int] | None, int]:
             flags, date = self.sendable(p)
             meta = p.meta_generation  # flags, date and folder as read just above
             snap, data_gen = await trio.to_thread.run_sync(p.snapshot, limiter=self.tree.spool_limiter)
@@ -299,24 +297,23 @@ class Writes:
             try:
                 # A folder gone from the server (another client deleted or renamed it):
                 # stored where the replay stores such mail, never dropped.
-                stored_in[0], where = await self.pool.run(
+                box, where = await self.pool.run(
                     lambda c: c.append_or_recover(raw, snap, flags, date, RECOVERED), retry=False)
             finally:
                 if not isinstance(snap, bytes):
                     snap.close()
             p.mark_clean(data_gen + meta)  # stored: no checkpoint since the APPEND returned
-            if stored_in[0] != raw:
-                log.warning("%s: folder %s is gone from the server: stored in %s instead",
-                            p.name or "an edited message", raw.decode("ascii", "replace"), RECOVERED.decode())
-            return where, size
+            return box, where, size
 
         # A connection lost during the APPEND: the replay looks it up by Message-ID first.
         sent = await self._send_or_journal(send, lambda j, tried: j.append(p, maybe_sent=tried),
                                            local=folder.local)
         if sent is RECORDED:
             return None
-        where, size = sent
-        if stored_in[0] != raw:
+        box, where, size = sent
+        if box != raw:
+            log.warning("%s: folder %s is gone from the server: stored in %s instead",
+                        p.name or "an edited message", raw.decode("ascii", "replace"), RECOVERED.decode())
             try:
                 await self.tree.refresh_folders(force=True)
             except ImapfsError as e:  # stored all the same: the next listing shows it
