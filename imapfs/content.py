@@ -138,9 +138,8 @@ class Content:
                 for i in range(max(1, (len(whole) + CHUNK - 1) // CHUNK)):
                     self.put((m.inode, i), whole[i * CHUNK:(i + 1) * CHUNK])
                 return whole[idx * CHUNK:(idx + 1) * CHUNK]
-        self._chunks_ahead(m, idx)
+        self._chunks_ahead(m, idx)  # started before this chunk's fetch: they run beside it
         data = await self.cached(key, lambda: self._fetch_chunk(m, idx))
-        self._chunks_ahead(m, idx)
         self._persist_if_complete(m)
         return data
 
