@@ -152,9 +152,8 @@ def _utc(when: datetime.datetime) -> datetime.datetime:
 
     A naive datetime is taken to be UTC already.
     """
-    if when.tzinfo is None or when.tzinfo is datetime.timezone.utc:  # naive, or already UTC (the tree's)
-        return when
-    if when.utcoffset() is None:
+    # Naive, already UTC (the tree's dates: checked first, it is the cheap test), or no offset.
+    if when.tzinfo is None or when.tzinfo is datetime.timezone.utc or when.utcoffset() is None:
         return when
     try:
         return when.astimezone(datetime.timezone.utc)

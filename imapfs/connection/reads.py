@@ -269,13 +269,14 @@ class Reads(ConnectionBase):
                 flags = it.get(b"FLAGS") or []
                 if not isinstance(flags, list):  # FLAGS 5 was a TypeError that failed the whole folder
                     raise ProtocolError("FLAGS is not a list")
+                key = tuple(flags)
                 try:
-                    flag_t = flag_sets[tuple(flags)]
+                    flag_t = flag_sets[key]
                 except (KeyError, TypeError):  # new, or not hashable (a nested list)
                     flag_t = tuple(flag_str(f) for f in flags if f is not None)
                     if len(flag_sets) < 1000:
                         with contextlib.suppress(TypeError):
-                            flag_sets[tuple(flags)] = flag_t
+                            flag_sets[key] = flag_t
                 subj = it.get(b"BODY[HEADER.FIELDS (SUBJECT)]")
                 out.append(RawMeta(uid, size, date, flag_t, subj if isinstance(subj, bytes) else None))
             except (KeyError, ProtocolError) as e:
