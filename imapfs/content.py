@@ -375,19 +375,26 @@ class Content:
         if st.ahead_at is None or m.uid < st.ahead_at:
             return
         st.ahead_at = None
-        after = st.after(m.uid)
-        for i, uid in enumerate(after[: st.window]):
+        after = st.after(m.uid)[: st.window]
+        half = st.window // 2
+        for i, uid in enumerate(after):
             n = st.msgs.get(uid)
             if n is None or n.size > CHUNK:
                 continue
             key = (n.inode, 0)
             if key in self.lru or key in self._inflight or self.on_disk(n):
                 continue
-            if i >= st.window // 2:
-                return  # enough is cached ahead of the reader
+            if i > half:
+                # More than half a window is cached ahead: look again once the reader
+                # is half a window from the first message that is not (clearing the
+                # mark without setting it again left every later batch to the reader).
+                st.ahead_at = after[i - half]
+                return
             batch = [n] + [c for c in self._prefetch_candidates(n) if not self.on_disk(c)]
             self._nursery.start_soon(self._read_ahead, batch)
             return
+        if len(after) > half:
+            st.ahead_at = after[half]  # all of the window is cached: look again further on
 
     async def _read_ahead(self, batch: list[Msg]) -> None:
         try:
