@@ -11,7 +11,10 @@ the cache holds what the server had; the journal holds what we owe it.
 On reconnect the journal is replayed in order with the same no-loss rules
 as online writes (Connection.move_message / expunge_message); the talking to
 the server about each entry is imapfs.replay's (Sender), the order, the
-counting of failures and the settling of the tree afterwards are here. A change that
+counting of failures and the settling of the tree afterwards are here. The
+order kept is each folder's: an entry that cannot go through yet (its folder
+stalls or is refused) holds back the later entries that touch its folders,
+not those of other folders (``_Held``). A change that
 no longer applies — the message is gone, UIDVALIDITY changed — is skipped,
 logged, and shown in ``user.imapfs.state``; a new message is never dropped:
 if its folder is gone it goes to ``imapfs-recovered``. An APPEND marked as
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -43,6 +46,64 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 REFUSED_TRIES = 3  # an APPEND the server answers NO this often is saved aside (like online)
+FOLDER_KEYS = ("src", "dest", "folder", "trash")  # the journal args that name server folders
+_PER_FOLDER_OPS = ("move", "delete", "flags", "append")
+
+
+def entry_folders(e: JournalEntry) -> frozenset[bytes] | None:
+    """The server folders journal entry *e* acts on; None if it may act on any.
+
+    None for a change of the folder list (mkdir: a later entry may need the folder),
+    an unknown change, or a record whose folders cannot be read: such an entry is
+    replayed in order with everything. An APPEND's fallback folder (imapfs-recovered
+    when its own is gone) is left out: messages stored there do not depend on each
+    other's order, and counting it would chain every APPEND to every other.
+    """
+    if e.op not in _PER_FOLDER_OPS:
+        return None
+    out: set[bytes] = set()
+    for key in FOLDER_KEYS:
+        v = e.args.get(key)
+        if isinstance(v, bytes):
+            out.add(v)
+        elif v is not None:
+            return None
+    for earlier in e.args.get("superseded") or ():  # our copies of a file's earlier versions, removed with it
+        if not isinstance(earlier, (list, tuple)) or not earlier or not isinstance(earlier[0], bytes):
+            return None
+        out.add(earlier[0])
+    return frozenset(out) if out else None
+
+
+@dataclass
+class _Held:
+    """What one replay round holds back: the folders of entries that did not go through.
+
+    Within a folder the journal's order is the user's (a file written then moved, a flag
+    set then the message deleted), so an entry waits when it touches a folder of an entry
+    that waits, and its own folders then wait too (a move A -> C that waits for A makes
+    C's later entries wait). Entries that share no folder with a waiting one do not depend
+    on it and go on: one folder the server stalls on or refuses holds back only its own.
+    An entry whose folders are unknown (``entry_folders`` None) waits for any waiting
+    entry, and once it waits, so does everything after it.
+    """
+
+    folders: set[bytes] = field(default_factory=set)
+    everything: bool = False
+
+    def holds(self, folders: frozenset[bytes] | None) -> bool:
+        if self.everything:
+            return True
+        if folders is None:
+            return bool(self.folders)
+        return not self.folders.isdisjoint(folders)
+
+    def add(self, folders: frozenset[bytes] | None) -> None:
+        if folders is None:
+            self.everything = True
+        else:
+            self.folders |= folders
+
 
 @dataclass(frozen=True, eq=False)
 class _Overlay:
@@ -265,10 +326,11 @@ class Journal:
     # -- replaying ---------------------------------------------------------------------
 
     async def replay(self) -> None:
-        """Send every recorded change, in order, while the server answers.
+        """Send every recorded change, in each folder's order, while the server answers.
 
         Any failure of one entry is that entry's (counted, and set aside after a few);
-        nothing raised here reaches the watcher, whose round syncs after the replay.
+        it holds back only the later entries of its folders (``_Held``). Nothing raised
+        here reaches the watcher, whose round syncs after the replay.
         """
         if not self.due or not self.tree.pool.available():
             return
@@ -295,12 +357,18 @@ class Journal:
             return
         log.info("replaying %d offline changes", len(entries))
         touched: set[bytes] = set()
+        held = _Held()
         for e in entries:
-            for key in ("src", "dest", "folder", "trash"):
+            for key in FOLDER_KEYS:
                 if isinstance(e.args.get(key), bytes):
                     touched.add(e.args[key])
             # Settled at the next round should this replay stop before its own settle.
             self._unsettled |= touched
+            folders = entry_folders(e)
+            if held.holds(folders):
+                held.add(folders)  # what comes later on its folders waits for it in turn
+                log.debug("offline change #%d (%s) waits for an earlier change of its folders", e.seq, e.op)
+                continue
             self.sender.appended = None
             try:
                 # Shielded: a change sent to the server is also marked done, even if
@@ -323,8 +391,17 @@ class Journal:
                 continue
             except ServerUnavailable as err:
                 # Not the change's fault: no attempt counted; what is left stays shown.
-                log.info("replay paused: %s", err)
-                return
+                if folders is None or not await self.tree.pool.probe():
+                    log.info("replay paused: %s", err)
+                    return
+                # The server answers (the probe's NOOP, on a fresh connection if need be):
+                # it is this entry's folder that does not, e.g. Dovecot waiting on a stale
+                # Maildir lock for minutes. Its folders wait; the others' entries go on, so
+                # a round costs one time-out per such folder, not one per entry.
+                log.info("offline change #%d (%s) waits: %s; the server answers, so the changes "
+                         "of other folders go on", e.seq, e.op, err)
+                held.add(folders)
+                continue
             except Exception as err:  # noqa: BLE001 - any failure is this entry's
                 try:
                     if await self._failed(e, err):
@@ -332,7 +409,8 @@ class Journal:
                 except NoSuchEntry:  # superseded meanwhile (its blob went with it): as above
                     await self.sender.take_back(e)
                     continue
-                break  # keep the order: later changes may depend on this one
+                held.add(folders)  # keep the order: later changes of its folders may depend on this one
+                continue
             self.pending -= 1
             log.info("offline change #%d (%s): %s", e.seq, e.op, outcome)
         await self._settle(touched)
@@ -341,8 +419,8 @@ class Journal:
         """Count a failed attempt of entry *e*; set it aside at its limit. True: go on with the next.
 
         The server's NO or BAD may change (a full quota, a folder being renamed), so the
-        entries after it wait, to keep the order, up to the limit. Anything else (a value
-        that can never be sent, a bug) will not get better and holds back nothing.
+        later entries of its folders wait, to keep their order, up to the limit. Anything
+        else (a value that can never be sent, a bug) will not get better and holds back nothing.
         An APPEND is never dropped: set aside means saved to the unsent folder (or, if even
         that fails, kept in journal-kept/ by journal_skip).
         """
@@ -376,7 +454,7 @@ class Journal:
         left = await self.disk.call(self.store.journal_pending)
         busy: set[bytes] = set()
         for e in left:
-            busy |= {v for k, v in e.args.items() if k in ("src", "dest", "folder", "trash") and isinstance(v, bytes)}
+            busy |= {v for k, v in e.args.items() if k in FOLDER_KEYS and isinstance(v, bytes)}
         left_seqs = {e.seq for e in left}
         touched = touched | self._unsettled
         self._unsettled = set()

@@ -742,3 +742,71 @@ def test_flags_set_offline_show_after_the_replay_and_a_remount(rig):
     m2 = rig.mount()
     (p2,) = emls(m2, "A")
     assert sorted(os.getxattr(p2, "user.imap.flags").decode().split()) == ["$Work", "\\Flagged"]
+
+
+def test_a_stalled_folder_holds_back_only_the_changes_that_wait_for_it(rig):
+    """docs/reliability.md (stop 16): a folder the server stalls on held back the replay of
+    every later journal entry. An empty ``dovecot-uidlist.lock`` (what a SIGKILL can leave)
+    makes Dovecot block each SELECT or APPEND of that folder for 2 minutes while the others
+    answer. Entries of other folders now go at once; those touching the stalled folder, or a
+    folder of an entry that waits (the move A -> C makes C's file wait), follow in their
+    order once it answers, each once."""
+    import pwd
+
+    d = rig.d
+    for f in ("A", "B", "C"):
+        d.create(f)
+    d.append("A", msg("a1", "moved offline"))
+    b1 = d.append("B", msg("b1", "flagged offline"))
+    m = rig.mount("timeout=2", allowed=[SERVER_AWAY])
+    for f in ("A", "B", "C"):
+        os.listdir(m.path(f))
+    (a1,) = emls(m, "A")
+    a1.read_bytes()
+    (b1_file,) = emls(m, "B")
+    rig.server_away()
+    m.path("A", "n1.eml").write_bytes(msg("n1", "written into the stalled folder"))
+    eventually(lambda: pending(m) == 1)
+    os.rename(a1, m.path("C", a1.name))
+    m.path("B", "n2.eml").write_bytes(msg("n2", "written into a free folder"))
+    eventually(lambda: pending(m) == 3)
+    os.setxattr(b1_file, "user.imap.flags", b"\\Flagged")
+    m.path("C", "n3.eml").write_bytes(msg("n3", "written after the move into C"))
+    eventually(lambda: pending(m) == 5)
+    lock = d.maildir() / ".A" / "dovecot-uidlist.lock"
+    lock.write_bytes(b"")
+    mail = pwd.getpwnam("mail")
+    os.chown(lock, mail.pw_uid, mail.pw_gid)
+    try:
+        rig.server_back()
+        eventually(lambda: message_ids(d, "B") == ["b1", "n2"], timeout=15)
+        eventually(lambda: d.flags("B")[b1] == {"\\Flagged"}, timeout=10)
+        (n2_uid,) = (u for u, b in d.fetch_all("B").items() if b"<n2@" in b)
+
+        def n2_by_its_real_name() -> bool:
+            names = os.listdir(m.path("B"))
+            return "n2.eml" not in names and any(n.endswith(f"#{n2_uid}.eml") for n in names)
+
+        eventually(n2_by_its_real_name, timeout=10)
+        assert pending(m) == 3  # n1, the move and n3 wait for A
+        assert message_ids(d, "C") == []
+        c = d.client()  # (a SELECT of A would wait on the lock too; STATUS answers)
+        assert c.status("A", "(MESSAGES)")[1] == [b"A (MESSAGES 1)"]
+        c.logout()
+        assert m.path("C", "n3.eml").read_bytes() == msg("n3", "written after the move into C")
+        # Later rounds try A again, each with its first entry only: one time-out a round.
+        eventually(lambda: m.log().count("offline change #1 (append) waits: ") >= 2, timeout=15)
+        assert not re.search(r"offline change #[25] \(\w+\) waits: ", m.log())
+        assert pending(m) == 3
+    finally:
+        lock.unlink(missing_ok=True)
+    eventually(lambda: pending(m) == 0, timeout=30)
+    assert message_ids(d, "A") == ["n1"]
+    assert message_ids(d, "B") == ["b1", "n2"]
+    in_c = [re.search(rb"Message-ID: <(\w+)@", b).group(1) for _, b in sorted(d.fetch_all("C").items())]
+    assert in_c == [b"a1", b"n3"]  # the move first, as recorded
+
+    def shown_in_c() -> list[str]:
+        return sorted(p.name.split(" #")[0][16:] for p in emls(m, "C"))
+
+    eventually(lambda: shown_in_c() == ["moved offline", "written after the move into C"], timeout=15)
