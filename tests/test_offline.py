@@ -810,3 +810,93 @@ def test_a_stalled_folder_holds_back_only_the_changes_that_wait_for_it(rig):
         return sorted(p.name.split(" #")[0][16:] for p in emls(m, "C"))
 
     eventually(lambda: shown_in_c() == ["moved offline", "written after the move into C"], timeout=15)
+
+
+@pytest.mark.parametrize("a_fails", ["refused", "stalls", "server gone"])
+def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir(tmp_path, a_fails):
+    """The replay's order rules, in-process (a stub connection): an APPEND to A that the
+    server refuses, or that times out while the server still answers a NOOP, holds back
+    A's later entries but not B's; a mkdir after it waits too (a folder-list change stays
+    in order with everything), and so does every entry after that mkdir. When the NOOP
+    fails as well, the server is gone: the round pauses, nothing after A is tried, and
+    only a refusal is counted against the entry."""
+    import trio
+
+    from imapfs.errors import CommandFailed, ServerUnavailable
+    from imapfs.offline import Journal
+    from imapfs.store import Store
+    from imapfs.tree import Tree
+
+    class Conn:
+        def __init__(self) -> None:
+            self.stored: list[tuple[bytes, bytes]] = []
+            self.created: list[bytes] = []
+
+        def append_or_recover(self, folder, data, flags, date, recovered):
+            if folder == b"A":
+                if a_fails == "refused":
+                    raise CommandFailed("APPEND to b'A': NO [OVERQUOTA] quota exceeded")
+                raise ServerUnavailable("SELECT b'A': connection lost: timed out")
+            self.stored.append((folder, data))
+            return folder, (9, len(self.stored))
+
+        def create(self, name):
+            self.created.append(name)
+
+        def subscribe(self, name):
+            pass
+
+    class Pool:
+        capabilities: frozenset = frozenset({"UIDPLUS"})
+        last_error = None
+        forced_offline = False
+        online = True
+
+        def __init__(self, conn: Conn) -> None:
+            self.conn = conn
+            self.probes = 0
+
+        def available(self) -> bool:
+            return True
+
+        async def probe(self) -> bool:
+            self.probes += 1
+            return a_fails != "server gone"
+
+        async def run(self, fn, *args, **kwargs):
+            return fn(self.conn)
+
+        async def run_list(self, *args, **kwargs):
+            raise ServerUnavailable("the folder list is not part of this test")
+
+    class Disk:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+        async def call(self, fn, *args):
+            return fn(*args)
+
+    def append(store: Store, folder: bytes, mid: str) -> int:
+        return store.journal_add("append", {"folder": folder, "flags": [], "date": None, "replaces": None,
+                                            "name": f"{mid}.eml"}, msg(mid))
+
+    async def main(store: Store) -> None:
+        conn = Conn()
+        pool = Pool(conn)
+        journal = Journal(Tree(pool), Disk(store))
+        seqs = [append(store, b"A", "a1"), append(store, b"B", "b1"), append(store, b"A", "a2"),
+                store.journal_add("mkdir", {"name": b"X", "path": ["X"]}), append(store, b"B", "b2")]
+        journal.pending = len(seqs)
+        await journal.replay()
+        left = {e.seq: e for e in store.journal_pending()}
+        if a_fails == "server gone":
+            assert conn.stored == [] and conn.created == [] and sorted(left) == seqs
+        else:
+            assert conn.stored == [(b"B", msg("b1"))]  # b1 at once; b2 waits behind the waiting mkdir
+            assert conn.created == [] and sorted(left) == [seqs[0], seqs[2], seqs[3], seqs[4]]
+        assert pool.probes == (0 if a_fails == "refused" else 1)  # one try of A a round, however much waits
+        assert left[seqs[0]].attempts == (1 if a_fails == "refused" else 0)  # a time-out is not its fault
+        assert left[seqs[2]].attempts == 0  # never tried: it waited
+
+    with Store(str(tmp_path / "c"), 1 << 30) as store:
+        trio.run(main, store)
