@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 PREFETCH_MAX_MESSAGES = 128
 PREFETCH_MAX_BYTES = 8 * 1024 * 1024
 CHUNKS_AHEAD = 2  # chunks of a big message fetched ahead of its reader, each on its own connection
+# A message above this, read in order from its start, drops each chunk from memory once the
+# reader is past it. It is disk.QUEUE_BYTES: a smaller one is kept whole to be joined for
+# the disk cache (_persist_if_complete); a bigger one never is.
+DROP_BEHIND_MIN = 16 * 1024 * 1024
+SEQ_READERS = 64  # big messages whose sequential reading is followed at once
 Key = tuple[int, int]  # (inode, chunk index)
 FetchHook = Callable[[Msg, dict[bytes, object]], None]
 
@@ -61,6 +66,8 @@ class Content:
         self._nursery: trio.Nursery | None = None  # for read-ahead, while run() runs
         self._fetch_extra = ""  # FETCH items asked along with bodies (parts asks for BODYSTRUCTURE)
         self._fetch_hooks: list[FetchHook] = []  # given those items per message
+        # inode → where the next read of a big message read in order from 0 will start
+        self._seq: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=SEQ_READERS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve read-ahead until cancelled (unmount); none is started before or after."""
@@ -104,6 +111,7 @@ class Content:
             raise StaleError(f"message UID {m.uid} was removed from the server")
         out = []
         end = min(offset + size, m.size)
+        behind = m.size > DROP_BEHIND_MIN and self._in_order(m, offset, end)
         pos = offset
         while pos < end:
             idx = pos // CHUNK
@@ -114,7 +122,26 @@ class Content:
                 break
             out.append(piece)
             pos += len(piece)
+        if behind:
+            for idx in range(offset // CHUNK, pos // CHUNK):  # chunks this read finished
+                self.lru.pop((m.inode, idx), None)
         return b"".join(out)
+
+    def _in_order(self, m: Msg, offset: int, end: int) -> bool:
+        """Whether this read of big message *m* continues one that started at 0 (noted at once,
+        before any await: the kernel sends its read-ahead requests together).
+
+        Such a reader (``cat``, ``cp``) has what it passed in the kernel's page cache, so
+        its chunks are dropped behind it: their memory serves the next chunks (freshly
+        mapped memory costs more than the receive itself, and a 50 MB message kept
+        whole would push most of the memory cache out; issue 12, stop 18). A reader
+        that jumps keeps every chunk, as before.
+        """
+        if offset == 0 or self._seq.get(m.inode) == offset:
+            self._seq[m.inode] = end
+            return True
+        self._seq.pop(m.inode, None)
+        return False
 
     def _cached(self, m: Msg, idx: int) -> bool:
         return (m.inode, idx) in self.lru

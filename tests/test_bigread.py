@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import imaplib
 import os
 import random
 import re
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import pytest
 import trio
 import trio.testing
 
+from imapfs import content
 from imapfs.connection import wire
 from imapfs.disk import QUEUE_BYTES, Disk
 from imapfs.errors import ServerUnavailable
@@ -56,11 +59,12 @@ def big_message(size: int, seed: int = 12) -> bytes:
 
 
 class _Reader(wire._Bounded):
-    """The bounded reads of BoundedIMAP4, on one end of a socket pair."""
+    """The bounded reads of BoundedIMAP4, on one end of a socket pair: over the timed socket
+    reads its ``open`` installs, or (*plain*) over ``makefile``, as after STARTTLS."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, plain: bool = False) -> None:
         self.sock = sock
-        self.file = sock.makefile("rb")
+        self.file = sock.makefile("rb") if plain else wire.timed_reader(sock)
 
 
 def _send(sock: socket.socket, data: bytes, close: bool = False) -> threading.Thread:
@@ -76,13 +80,14 @@ def _send(sock: socket.socket, data: bytes, close: bool = False) -> threading.Th
     return t
 
 
-def test_a_big_literal_is_received_into_one_buffer() -> None:
+@pytest.mark.parametrize("plain", [False, True], ids=["timed", "plain"])
+def test_a_big_literal_is_received_into_one_buffer(plain: bool) -> None:
     size = 20 * MIB + 17  # more than two LITERAL_STEPs: the buffer grows while it fills
     payload = os.urandom(size)
     a, b = socket.socketpair()
     a.settimeout(10)
     with a, b:
-        r = _Reader(a)
+        r = _Reader(a, plain)
         sender = _send(b, payload + b")\r\n")
         tracemalloc.start()
         try:
@@ -96,14 +101,43 @@ def test_a_big_literal_is_received_into_one_buffer() -> None:
     assert peak < 1.5 * size, f"reading a {size >> 20} MiB literal peaked at {peak >> 20} MiB"
 
 
-def test_a_literal_cut_short_returns_what_arrived() -> None:
+@pytest.mark.parametrize("plain", [False, True], ids=["timed", "plain"])
+def test_a_literal_cut_short_returns_what_arrived(plain: bool) -> None:
     a, b = socket.socketpair()
     a.settimeout(10)
     with a, b:
-        r = _Reader(a)
+        r = _Reader(a, plain)
         sender = _send(b, b"x" * 300_000, close=True)
         assert r.read(2 * MIB) == b"x" * 300_000  # imaplib then reports the short literal
         sender.join(10)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["timed", "plain"])
+def test_a_trickled_literal_is_stopped_by_its_time_limit(plain: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Received whole into one bytes object (timed) or into a growing buffer (plain), a
+    literal still ends at its time limit, checked between two receives."""
+    monkeypatch.setattr(wire, "MIN_RATE", 10**12)  # the limit is the socket timeout alone
+    a, b = socket.socketpair()
+    a.settimeout(0.3)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.02):
+            b.sendall(b"x")
+
+    with a, b:
+        r = _Reader(a, plain)
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(imaplib.IMAP4.abort):
+                r.read(100_000)
+        finally:
+            stop.set()
+            t.join(5)
+        assert time.monotonic() - start < 3
+        assert r.limit_hit is not None and "time limit" in r.limit_hit
 
 
 def test_small_buffered_literals_and_the_empty_one() -> None:
@@ -324,3 +358,32 @@ async def test_a_range_lost_with_its_connection_or_cut_short(tmp_path: Path) -> 
         nursery.cancel_scope.cancel()
     await pool.close()
     assert not tree.content._inflight
+
+
+@pytest.mark.trio
+async def test_a_big_message_read_in_order_leaves_the_memory_cache_to_others(tmp_path: Path) -> None:
+    """``cat`` of a message above the disk queue: each chunk is dropped from memory once the
+    reader is past it (the kernel's page cache has those bytes), so the memory cache keeps
+    what it held, and a reader that starts again gets the server's bytes."""
+    assert content.DROP_BEHIND_MIN == QUEUE_BYTES  # smaller messages are kept whole for the disk
+    size = 5 * CHUNK + 321
+    assert size > content.DROP_BEHIND_MIN
+    data = big_message(size, seed=11)
+    small = b"Subject: small\r\n\r\nkept\r\n"
+    server, pool, tree, m, ranges = await _big_tree(tmp_path, data, mem_cache=4 * CHUNK)
+    small_uid = server.deliver("INBOX", small)
+    st = await tree.sync(tree.root.children["INBOX"], force=True)
+    assert st is not None
+    s = st.msgs[small_uid]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        assert await tree.read(s, 0, 4096) == small
+        assert await _read_through(tree, m, 128 * 1024) == data
+        await trio.testing.wait_all_tasks_blocked()
+        held = [k for k in tree.content.lru if k[0] == m.inode]
+        assert len(held) <= 1, held  # at most the last chunk, which nothing has passed yet
+        assert (s.inode, 0) in tree.content.lru  # 4 chunks' cache, a 5-chunk message: kept
+        assert sorted(off for _, off, _ in ranges) == [i * CHUNK for i in range(6)]
+        assert await _read_through(tree, m, 256 * 1024) == data  # read again: fetched again
+        nursery.cancel_scope.cancel()
+    await pool.close()
