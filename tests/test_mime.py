@@ -11,6 +11,7 @@ the decoders' own tests are tests/test_transfer.py and tests/test_charset.py.
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from imapfs.mime import (
     mime_type,
     parse_bodystructure,
     raw_name,
+    split_sections,
 )
 from imapfs.transfer import DecodeError, decode_part
 
@@ -862,3 +864,64 @@ def test_grep_finds_zurich() -> None:
     root = parse_bodystructure(bs(CASE["dovecot:crafted:rfc2231_continuations"]))
     body = list_entries(root)[0]
     assert "Zürich".encode() in decode_part(body, b"Gr=FC=DFe aus Z=FCrich")
+
+
+# -- cutting a message into its sections (split_sections) ------------------------------------
+
+_NESTED = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+           b"preamble\r\n--outer\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           b"--outer\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"Subject: inner\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n"
+           b"--in\r\nContent-Type: text/plain\r\n\r\nplain\r\n--in\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n"
+           b"--in--\r\n"
+           b"\r\n--outer\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"JVBERi0=\r\n--outer--\r\nepilogue\r\n")
+
+
+def _nested_tree() -> BodyPart:
+    inner = BodyPart(section="2", maintype="multipart", subtype="alternative", params={"boundary": "in"},
+                     children=[BodyPart(section="2.1", maintype="text", subtype="plain", size=5),
+                               BodyPart(section="2.2", maintype="text", subtype="html", size=8)])
+    msg = BodyPart(section="2", maintype="message", subtype="rfc822", size=len(
+        b"Subject: inner\r\nContent-Type: multipart/alternative; boundary=in\r\n\r\n"
+        b"--in\r\nContent-Type: text/plain\r\n\r\nplain\r\n--in\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n"
+        b"--in--\r\n"))
+    msg.message = inner
+    return BodyPart(section="", maintype="multipart", subtype="mixed", params={"boundary": "outer"},
+                    children=[BodyPart(section="1", maintype="text", subtype="plain", size=5), msg,
+                              BodyPart(section="3", maintype="application", subtype="pdf", size=8,
+                                       encoding="base64")])
+
+
+@pytest.mark.parametrize("message, sections", [
+    (_NESTED, {"1": b"hello", "2.1": b"plain", "2.2": b"<p>x</p>", "3": b"JVBERi0="}),
+    # a part whose size is not BODYSTRUCTURE's is left to the server; the others are cut
+    (_NESTED.replace(b"hello", b"hello!"), {"2.1": b"plain", "2.2": b"<p>x</p>", "3": b"JVBERi0="}),
+    # a delimiter not at the start of a line is text; no closing delimiter: nothing is cut
+    (_NESTED.replace(b"--outer--\r\n", b""), {}),
+    (_NESTED.replace(b"\r\n--outer\r\nContent-Type: application/pdf", b" --outer\r\nContent-Type: application/pdf"),
+     {}),
+    (b"", {}),
+])
+def test_split_sections_cuts_what_bodystructure_says(message: bytes, sections: dict[str, bytes]) -> None:
+    cut = split_sections(message, _nested_tree())
+    assert {k: v for k, v in cut.items() if k != "2"} == sections
+    if "2.1" in sections:
+        assert cut["2"].startswith(b"Subject: inner\r\n") and cut["2"].endswith(b"--in--\r\n")
+
+
+def test_split_sections_slices_each_section_once() -> None:
+    """A 3 MB attachment was copied at each level (message body, part, part body): three
+    times its size in memory and most of the time of cutting it (issue 12, stop 18)."""
+    payload = b"QUJD" * (3 * 1024 * 1024 // 4)
+    message = _NESTED.replace(b"JVBERi0=", payload)
+    root = _nested_tree()
+    root.children[2].size = len(payload)
+    tracemalloc.start()
+    try:
+        cut = split_sections(message, root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cut["3"] == payload
+    assert peak < 1.3 * len(payload), f"cutting a {len(payload)} byte part peaked at {peak} bytes"
