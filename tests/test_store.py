@@ -42,6 +42,7 @@ from imapfs.store import (
     StoreLocked,
 )
 from imapfs.store import base as store_base
+from imapfs.store import bodies as store_bodies
 from imapfs.store import journal as store_journal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,22 @@ def s(root: Path):
 
 def body_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "bodies").glob("*/*"))
+
+
+def blobs(root: Path) -> list[bytes]:
+    """The inline bodies' bytes in cache.db, read through a connection of the test's own."""
+    con = sqlite3.connect(f"file:{root / 'cache.db'}?mode=ro", uri=True)
+    try:
+        return [bytes(d) for (d,) in con.execute("SELECT data FROM blobs ORDER BY id")]
+    finally:
+        con.close()
+
+
+def stored(root: Path) -> tuple[int, int]:
+    """(count, bytes) of the bodies really kept, files and inline, counted apart from the
+    store's counters and its index: what ``body_count`` and ``body_bytes`` must equal."""
+    files, inline = body_files(root), blobs(root)
+    return len(files) + len(inline), sum(p.stat().st_size for p in files) + sum(map(len, inline))
 
 
 def child(code: str, *args: str) -> subprocess.Popen:
@@ -251,7 +268,7 @@ def test_uidvalidity_change_replaces_and_drops_bodies(s: Store, root: Path):
     assert s.get_body(b"F", 1, 1) is None and s.get_body(b"F", 2, 2) is None
     assert not s.has_body(b"F", 2, 2)
     assert s.get_body(b"G", 1, 1) == b"other folder"
-    assert s.stats()["body_count"] == 1 and len(body_files(root)) == 1
+    assert s.stats()["body_count"] == 1 and stored(root) == (1, s.stats()["body_bytes"])
 
 
 def test_replace_drops_bodies_of_vanished_messages(s: Store, root: Path):
@@ -262,7 +279,7 @@ def test_replace_drops_bodies_of_vanished_messages(s: Store, root: Path):
     assert [s.get_body(b"F", 1, u) for u in (1, 2, 3)] == [b"b1", None, b"b3"]
     s.remove_messages(b"F", 1, [3])
     assert s.get_body(b"F", 1, 3) is None
-    assert len(body_files(root)) == 1 and s.stats()["body_count"] == 1
+    assert stored(root) == (1, s.stats()["body_bytes"]) and s.stats()["body_count"] == 1
 
 
 def test_drop_folder(s: Store, root: Path):
@@ -276,7 +293,7 @@ def test_drop_folder(s: Store, root: Path):
     assert s.folder_names() == [b"Ax", b"B"]
     assert s.get_folders() == [ListEntry(frozenset(), "/", b"A")]  # the listing is the server's
     assert s.drop_folder(b"nope") == 0
-    assert len(body_files(root)) == 2 and s.stats()["body_bytes"] == sum(p.stat().st_size for p in body_files(root))
+    assert stored(root) == (2, s.stats()["body_bytes"])
 
 
 RENAME_CASES = [
@@ -310,7 +327,7 @@ def test_rename_folder(s: Store, root: Path, old, new, delim, after, listed, mov
         rec = s.get_folder(t)
         assert rec.uidvalidity == before[src].uidvalidity and rec.messages == before[src].messages
         assert s.get_body(t, rec.uidvalidity, 1) == b"body of " + src
-    assert s.stats()["body_count"] == len(after) == len(body_files(root))
+    assert s.stats()["body_count"] == len(after) == stored(root)[0]
 
 
 def test_name_must_be_bytes(s: Store):
@@ -345,6 +362,7 @@ class StoreModel(RuleBasedStateMachine):
     def setup(self):
         self.dir = tempfile.mkdtemp(prefix="store-model-")
         self.s = Store(self.dir, BIG)
+        self.s.cache.bodies.inline_max = 32  # bodies of up to 64 bytes: both kinds, and changes of kind
         self.m: dict[bytes, dict] = {}
 
     def teardown(self):
@@ -446,6 +464,7 @@ class StoreModel(RuleBasedStateMachine):
                 assert self.s.get_body(n, f["uv"], u) == f["bodies"].get(u)
             count += len(f["bodies"])
         assert self.s.stats()["body_count"] == count
+        assert stored(Path(self.dir)) == (count, self.s.stats()["body_bytes"])
 
 
 StoreModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
@@ -467,13 +486,14 @@ def test_body_round_trip(s: Store, data: bytes):
     assert s.put_body(b"F", 1, 1, data + b"!")  # overwrite
     assert s.get_body(b"F", 1, 1) == data + b"!"
     assert s.stats()["body_count"] == 1
-    assert s.stats()["body_bytes"] == sum(p.stat().st_size for p in body_files(s.root))
+    assert s.stats()["body_bytes"] == stored(s.root)[1]
     assert s.copy_body((b"F", 1, 1), (b"F", 1, 2))
     assert s.get_body(b"F", 1, 2) == data + b"!"
     assert not s.copy_body((b"F", 1, 3), (b"F", 1, 4))
 
 
 def _two_bodies(s: Store) -> tuple[Path, Path]:
+    s.cache.bodies.inline_max = -1  # files: the damage below is to their headers
     s.put_folder(b"F", 1, 3, None, [meta(1), meta(2)], replace=True)
     s.put_body(b"F", 1, 1, b"first message " * 50)
     before = set(body_files(s.root))
@@ -546,13 +566,14 @@ def test_reopen_sweeps_tmp_partial_and_stray_files(root: Path):
         assert s.get_body(b"F", 1, 1) is None
         assert s.get_body(b"F", 1, 2) is None and s.get_body(b"G", 1, 1) == b"third"
         assert s.stats()["body_count"] == 1
-        assert s.stats()["body_bytes"] == sum(p.stat().st_size for p in body_files(root))
+        assert s.stats()["body_bytes"] == stored(root)[1]
 
 
 PUT_BODY_CHILD = r"""
 import hashlib, sys
 from imapfs.store import Store
 s = Store(sys.argv[1], 1 << 40)
+s.cache.bodies.inline_max = 50_000  # both kinds, and a UID's body changes kind
 s.put_folder(b"F", 1, None, None, [], replace=True)
 i = 0
 while True:
@@ -591,12 +612,13 @@ def test_writer_killed_during_put_body_never_serves_torn_bytes(root: Path, after
                 served += 1
                 assert _written_by_child(uid, got)
         assert served >= min(after, 40)
-        assert s.stats()["body_bytes"] == sum(p.stat().st_size for p in body_files(root))
+        assert s.stats()["body_bytes"] == stored(root)[1]
 
 
 def test_concurrent_threads(root: Path):
     errors = []
     with Store(root, 200_000) as s:
+        s.cache.bodies.inline_max = 2500  # both kinds, and bodies that change kind
         for n in (b"A", b"B", b"C"):
             s.put_folder(n, 1, None, None, [], replace=True)
 
@@ -622,7 +644,7 @@ def test_concurrent_threads(root: Path):
         assert not errors, errors
         st_ = s.stats()
         assert st_["body_bytes"] <= 200_000 + 5 * 4000
-        assert st_["body_bytes"] == sum(p.stat().st_size for p in body_files(root))
+        assert st_["body_bytes"] == stored(root)[1]
         assert st_["pending"] == 300
         assert [e.seq for e in s.journal_pending()] == sorted(e.seq for e in s.journal_pending())
 
@@ -669,7 +691,7 @@ def test_lru_eviction_order_and_pinned(root: Path):
         assert _disk(s) == one and s.has_body(b"Keep", 1, 1)  # pinned mail stays even over the limit
         assert s.put_body(b"F", 1, 6, b"f" * 1000)  # the body just written is never its own victim
         assert s.get_body(b"F", 1, 6) == b"f" * 1000
-        assert len(body_files(root)) == 2
+        assert stored(root) == (2, _disk(s))
 
 
 def test_eviction_survives_a_broken_pinned_predicate(root: Path, caplog):
@@ -850,6 +872,7 @@ def _enospc(*a, **k):
 
 
 def test_enospc_on_body_write(s: Store, monkeypatch):
+    s.cache.bodies.inline_max = -1  # files: _os_write writes them (inline ones: test_real_full_disk)
     s.put_folder(b"F", 1, 3, None, [meta(1), meta(2)], replace=True)
     s.put_body(b"F", 1, 1, b"old bytes")
     before = s.stats()
@@ -887,9 +910,12 @@ def tiny_fs(tmp_path: Path):
             subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_real_full_disk(tiny_fs: Path):
+@pytest.mark.parametrize("kind", ["files", "inline"])
+def test_real_full_disk(tiny_fs: Path, kind: str):
     root = tiny_fs / "store"
     with Store(root, BIG) as s:
+        if kind == "files":
+            s.cache.bodies.inline_max = -1
         s.put_folder(b"F", 1, None, None, [meta(u) for u in range(1, 200)], replace=True)
         seq = s.journal_add("mkdir", {"name": b"X"})
         full = None
@@ -902,22 +928,31 @@ def test_real_full_disk(tiny_fs: Path):
         assert full is not None, "the 2 MB tmpfs never filled"
         assert "full" in str(full[1])
         assert not list(root.glob("bodies/*/.tmp-*"))
-        stored = [u for u in range(1, full[0]) if s.has_body(b"F", 1, u)]
-        assert stored == list(range(1, full[0]))
-        assert s.stats()["body_bytes"] == sum(p.stat().st_size for p in body_files(root))
+        kept = [u for u in range(1, full[0]) if s.has_body(b"F", 1, u)]
+        assert kept == list(range(1, full[0]))
+        assert s.stats()["body_bytes"] == stored(root)[1]
         with pytest.raises(StoreFull):
             s.journal_add("append", {"folder": b"F"}, os.urandom(512 * 1024))
         assert [e.seq for e in s.journal_pending()] == [seq]
         assert list((root / "journal-blobs").iterdir()) == []
-        for u in stored:
+        for u in kept:
             assert len(s.get_body(b"F", 1, u)) == 64 * 1024
-        s.max_bytes = 0
-        s.evict()
-        assert s.put_body(b"F", 1, 1, b"room again")
-        s.journal_add("append", {"folder": b"F"}, b"fits now")
-    with Store(root, BIG) as s:
-        assert s.get_body(b"F", 1, 1) == b"room again"
-        assert [e.op for e in s.journal_pending()] == ["mkdir", "append"]
+        if kind == "files":
+            # evicted files give their room back to the disk. Inline bodies are all in
+            # cache.db-wal here (a 2 MB disk never reaches a checkpoint), and even an
+            # eviction needs room to commit (docs/offline.md, "cache.db").
+            s.max_bytes = 0
+            s.evict()
+            assert s.put_body(b"F", 1, 1, b"room again")
+            s.journal_add("append", {"folder": b"F"}, b"fits now")
+    with Store(root, BIG) as s:  # opens on the full disk too
+        if kind == "files":
+            assert s.get_body(b"F", 1, 1) == b"room again"
+            assert [e.op for e in s.journal_pending()] == ["mkdir", "append"]
+        else:
+            assert [len(s.get_body(b"F", 1, u)) for u in kept] == [64 * 1024] * len(kept)
+            assert s.stats()["body_count"] == len(kept) and s.stats()["body_bytes"] == stored(root)[1]
+            assert [e.op for e in s.journal_pending()] == ["mkdir"]
 
 
 # ---------------------------------------------------------------- stats and timing
@@ -931,7 +966,7 @@ def test_stats(s: Store):
     s.journal_add("delete", {"uid": 1})
     got = s.stats()
     assert (got["folders"], got["messages"], got["body_count"], got["pending"]) == (2, 3, 1, 1)
-    assert got["body_bytes"] == body_files(s.root)[0].stat().st_size
+    assert got["body_bytes"] == 3 == stored(s.root)[1]
 
 
 def test_timing_100k(tmp_path: Path, capsys):
@@ -964,3 +999,215 @@ def test_put_bodies_stores_a_batch_in_one_go(tmp_path):
         assert s.stats()["body_count"] == 5
     with Store(tmp_path / "c", 10 << 20) as s:  # survives a reopen (and its sweep)
         assert s.get_body(b"F", 7, 5) == b"m5"
+
+
+# ---------------------------------------------------------------- inline bodies (issue 12, stop 18)
+
+INLINE_MAX = store_bodies.INLINE_MAX
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["put_body", "put_bodies"])
+@pytest.mark.parametrize("size,inline", [(0, True), (1, True), (INLINE_MAX - 1, True), (INLINE_MAX, True),
+                                         (INLINE_MAX + 1, False), (2 * INLINE_MAX, False)])
+def test_inline_or_file_by_size(root: Path, size: int, inline: bool, batch: bool):
+    data = os.urandom(size)
+    with Store(root, BIG) as s:
+        s.put_folder(b"F", 1, 2, None, [meta(1)], replace=True)
+        assert (s.put_bodies([(b"F", 1, 1, data)]) == 1) if batch else s.put_body(b"F", 1, 1, data)
+        assert blobs(root) == ([data] if inline else [])
+        assert len(body_files(root)) == (0 if inline else 1)
+        assert s.stats()["body_bytes"] == stored(root)[1]
+    with Store(root, BIG) as s:  # the sweep at open keeps both kinds
+        assert s.get_body(b"F", 1, 1) == data and s.body_size(b"F", 1, 1) == size
+        assert s.has_body(b"F", 1, 1) and s.body_uids(b"F", 1) == {1}
+        assert (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(root)
+        assert stored(root)[0] == 1
+
+
+@pytest.mark.parametrize("src_size,dst_before", [(100, None), (100, 100), (100, 3000), (3000, 100), (3000, None)])
+def test_copy_body_and_changes_of_kind(s: Store, src_size: int, dst_before: int | None):
+    s.cache.bodies.inline_max = 1000
+    s.put_folder(b"F", 1, 2, None, [meta(1)], replace=True)
+    s.put_folder(b"G", 5, 3, None, [meta(2)], replace=True)
+    src = os.urandom(src_size)
+    assert s.put_body(b"F", 1, 1, src)
+    if dst_before is not None:
+        assert s.put_body(b"G", 5, 2, os.urandom(dst_before))
+    assert s.copy_body((b"F", 1, 1), (b"G", 5, 2))
+    assert s.get_body(b"G", 5, 2) == src == s.get_body(b"F", 1, 1)
+    inline = src_size <= 1000
+    assert blobs(root=s.root) == ([src, src] if inline else [])  # the replaced body's bytes are gone
+    assert len(body_files(s.root)) == (0 if inline else 2)
+    assert (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(s.root) and stored(s.root)[0] == 2
+
+
+def test_eviction_counts_both_kinds(root: Path):
+    clock = Clock()
+    with Store(root, BIG, clock=clock, atime_granularity=1) as s:
+        s.cache.bodies.inline_max = 1500
+        s.put_folder(b"F", 1, None, None, [], replace=True)
+        sizes = {1: 1000, 2: 2000, 3: 1000, 4: 2000, 5: 1000}  # inline, file, inline, file, inline
+        for uid, n in sizes.items():
+            clock.t = uid
+            s.put_body(b"F", 1, uid, bytes([uid]) * n)
+        total = s.stats()["body_bytes"]
+        assert stored(root) == (5, total) and len(blobs(root)) == 3
+        file_disk = (total - 3000) // 2  # a file's 2000 bytes and its header
+        s.max_bytes = total - 1000 - file_disk
+        assert s.evict() == 1000 + file_disk  # the two oldest: 1 (inline), 2 (file)
+        assert [s.has_body(b"F", 1, u) for u in sizes] == [False, False, True, True, True]
+        assert stored(root) == (3, s.stats()["body_bytes"]) == (3, total - 1000 - file_disk)
+        assert sorted(blobs(root)) == [b"\x03" * 1000, b"\x05" * 1000]
+        clock.t = 6
+        assert s.put_body(b"F", 1, 6, b"\x06" * 1000)  # 1000 over: the oldest, 3, goes
+        assert [s.has_body(b"F", 1, u) for u in (3, 4, 5, 6)] == [False, True, True, True]
+        assert stored(root) == (3, s.stats()["body_bytes"]) and s.stats()["body_bytes"] <= s.max_bytes
+        assert sorted(blobs(root)) == [b"\x05" * 1000, b"\x06" * 1000]
+
+
+DROP_CASES = [
+    # (id, the call, F's UIDs whose bodies remain, whether G's body remains (under F after the rename))
+    ("drop_folder", lambda s: s.drop_folder(b"F"), [], True),
+    ("uidvalidity change", lambda s: s.put_folder(b"F", 2, 5, None, [meta(1), meta(2)], replace=False), [], True),
+    ("replace without 2", lambda s: s.put_folder(b"F", 1, 5, None, [meta(1), meta(3)], replace=True), [1, 3], True),
+    ("remove_messages", lambda s: s.remove_messages(b"F", 1, [1, 2]), [3], True),
+    ("rename over it", lambda s: s.rename_folder(b"G", b"F"), [], True),
+    ("drop both", lambda s: s.drop_folder(b"F") + s.drop_folder(b"G"), [], False),
+]
+
+
+@pytest.mark.parametrize("call,left,g_left", [c[1:] for c in DROP_CASES], ids=[c[0] for c in DROP_CASES])
+def test_dropping_messages_drops_inline_bytes_with_them(s: Store, call, left: list[int], g_left: bool):
+    s.cache.bodies.inline_max = 1000
+    s.put_folder(b"F", 1, 4, None, [meta(1), meta(2), meta(3)], replace=True)
+    s.put_folder(b"G", 7, 2, None, [meta(1)], replace=True)
+    bodies = {1: b"one" * 100, 2: b"two" * 1000, 3: b"three" * 100}  # inline, file, inline
+    for uid, data in bodies.items():
+        assert s.put_body(b"F", 1, uid, data)
+    assert s.put_body(b"G", 7, 1, b"other folder")
+    call(s)
+    expect = sorted([bodies[u] for u in left if len(bodies[u]) <= 1000] + ([b"other folder"] if g_left else []))
+    assert sorted(blobs(s.root)) == expect
+    assert (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(s.root)
+    assert s.stats()["body_count"] == len(left) + g_left
+    rec = s.get_folder(b"F")
+    for u in left:
+        assert s.get_body(b"F", 1, u) == bodies[u]
+    if g_left:
+        assert s.get_body(*((b"F", 7, 1) if rec is not None and rec.uidvalidity == 7 else (b"G", 7, 1))) \
+            == b"other folder"
+
+
+INLINE_DAMAGE = {  # done to an inline body's blob behind the store's back
+    "shorter": "UPDATE blobs SET data = substr(data, 1, length(data) - 1)",
+    "longer": "UPDATE blobs SET data = data || x'00'",
+    "missing": "DELETE FROM blobs",
+}
+
+
+@pytest.mark.parametrize("how", list(INLINE_DAMAGE))
+def test_inline_body_of_the_wrong_length_is_discarded(s: Store, how: str, caplog):
+    s.put_folder(b"F", 1, 3, None, [meta(1), meta(2)], replace=True)
+    s.cache.bodies.inline_max = 1000
+    assert s.put_body(b"F", 1, 1, b"inline body")
+    assert s.put_body(b"F", 1, 2, b"a file" * 500)
+    con = sqlite3.connect(s.root / "cache.db", isolation_level=None)
+    con.execute(INLINE_DAMAGE[how])
+    con.close()
+    with caplog.at_level(logging.WARNING, logger="imapfs.store"):
+        assert s.get_body(b"F", 1, 1) is None
+    assert "discarded" in caplog.text and not s.has_body(b"F", 1, 1)
+    assert s.get_body(b"F", 1, 2) == b"a file" * 500
+    assert blobs(s.root) == [] and (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(s.root)
+
+
+_V1_SCHEMA = """
+CREATE TABLE state(key TEXT PRIMARY KEY, value);
+CREATE TABLE folder_list(pos INTEGER PRIMARY KEY, name BLOB NOT NULL, delimiter TEXT, flags TEXT NOT NULL);
+CREATE TABLE folders(id INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, token TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL, uidnext INTEGER, highestmodseq INTEGER);
+CREATE TABLE messages(folder INTEGER NOT NULL, uid INTEGER NOT NULL, size INTEGER NOT NULL,
+    internaldate INTEGER NOT NULL, flags TEXT, subject BLOB, PRIMARY KEY(folder, uid)) WITHOUT ROWID;
+CREATE TABLE bodies(folder INTEGER NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL,
+    size INTEGER NOT NULL, disk INTEGER NOT NULL, atime REAL NOT NULL,
+    PRIMARY KEY(folder, uidvalidity, uid)) WITHOUT ROWID;
+CREATE INDEX bodies_atime ON bodies(atime);
+CREATE TABLE structures(folder INTEGER NOT NULL, uidvalidity INTEGER NOT NULL, uid INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY(folder, uidvalidity, uid)) WITHOUT ROWID;
+PRAGMA user_version=1;
+"""
+
+
+def _v1_cache(root: Path, bodies: dict[int, bytes]) -> list[Path]:
+    """A cache.db and body files as imapfs wrote them before stop 18 (format 1): INBOX, UIDVALIDITY 7."""
+    root.mkdir(parents=True, mode=0o700)
+    con = sqlite3.connect(root / "cache.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_V1_SCHEMA)
+    con.execute("INSERT INTO folders VALUES (1, ?, 'tok', 7, 9, NULL)", (b"INBOX",))
+    con.executemany("INSERT INTO messages VALUES (1, ?, 10, 0, NULL, NULL)", [(u,) for u in range(1, 9)])
+    files = []
+    for uid, data in bodies.items():
+        key = b"tok\x007\x00%d" % uid
+        name = hashlib.sha256(key).hexdigest()
+        path = root / "bodies" / name[:2] / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"IMAPFSB1" + len(key).to_bytes(2, "big") + key + len(data).to_bytes(8, "big")
+                         + hashlib.sha256(data).digest() + data)
+        con.execute("INSERT INTO bodies VALUES (1, 7, ?, ?, ?, 1000.0)", (uid, len(data), path.stat().st_size))
+        files.append(path)
+    con.close()
+    return files
+
+
+def test_format_1_cache_opens_and_serves_its_files(root: Path):
+    old = {1: b"From: a\r\n\r\nold body\r\n", 2: b"x" * 5000}
+    files = _v1_cache(root, old)
+    with Store(root, BIG) as s:
+        assert [s.get_body(b"INBOX", 7, u) for u in (1, 2)] == [old[1], old[2]]
+        assert (s.stats()["body_count"], s.stats()["body_bytes"]) == (2, sum(p.stat().st_size for p in files))
+        assert s.put_body(b"INBOX", 7, 3, b"new body")  # new ones go inline
+        assert s.put_body(b"INBOX", 7, 2, b"replaced")  # a file body replaced by an inline one
+        assert blobs(root) == [b"new body", b"replaced"] and body_files(root) == [files[0]]
+        assert (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(root)
+    con = sqlite3.connect(root / "cache.db")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    con.close()
+    with Store(root, BIG) as s:  # and once more, as format 2
+        assert [s.get_body(b"INBOX", 7, u) for u in (1, 2, 3)] == [old[1], b"replaced", b"new body"]
+        s.max_bytes = 0
+        s.evict()
+        assert stored(root) == (0, 0) and s.stats()["body_bytes"] == 0
+
+
+PUT_BODIES_CHILD = r"""
+import hashlib, sys
+from imapfs.store import Store
+s = Store(sys.argv[1], 1 << 40)
+s.cache.bodies.inline_max = 50_000  # both kinds, and a UID's body changes kind
+s.put_folder(b"F", 1, None, None, [], replace=True)
+k = 0
+while True:
+    k += 1
+    s.put_bodies([(b"F", 1, uid, hashlib.sha256(b"%d %d" % (k, uid)).digest() * (100 + (k * 7 + uid * 13) % 3000))
+                  for uid in range(1, 41)])
+    print("batch", k, flush=True)
+"""
+
+
+@pytest.mark.parametrize("after", [1, 6])
+def test_writer_killed_during_put_bodies_keeps_whole_bodies(root: Path, after: int):
+    p = child(PUT_BODIES_CHILD, str(root))
+    try:
+        for _ in range(after):
+            assert p.stdout.readline().startswith("batch"), p.stderr.read()
+    finally:
+        p.send_signal(signal.SIGKILL)  # inside a later batch, or between two
+        p.wait()
+    with Store(root, BIG) as s:
+        for uid in range(1, 41):
+            got = s.get_body(b"F", 1, uid)
+            assert got is not None  # batch `after` committed every one
+            ks = [k for k in range(after, after + 50) if hashlib.sha256(b"%d %d" % (k, uid)).digest() == got[:32]]
+            assert len(ks) == 1 and got == got[:32] * (100 + (ks[0] * 7 + uid * 13) % 3000)
+        assert (s.stats()["body_count"], s.stats()["body_bytes"]) == stored(root) and stored(root)[0] == 40

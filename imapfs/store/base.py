@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -117,12 +117,16 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def open_versioned(path: Path, synchronous: str, schema: str, fmt: int, kind: str, advice: str,
-                   check: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
-    """Open a store database of format *fmt*: refuse a newer one, run *check*, apply *schema*.
+                   check: Callable[[sqlite3.Connection], None] | None = None,
+                   upgrades: Mapping[int, Sequence[str]] | None = None) -> sqlite3.Connection:
+    """Open a store database of format *fmt*: refuse a newer one, run *check*, upgrade, apply *schema*.
 
     A file written by a newer imapfs raises StoreError naming the *kind*
     ("cache", "journal") and what to do (*advice*); the connection is closed
     on any error. What a damaged file means is each caller's business.
+    ``upgrades[v]`` holds the statements that turn format *v* into *v* + 1;
+    each step commits with its new version number, so a crash between two
+    leaves a file of the one format or the other, never half of both.
     """
     con = connect(path, synchronous)
     try:
@@ -132,8 +136,22 @@ def open_versioned(path: Path, synchronous: str, schema: str, fmt: int, kind: st
                 f"{path} was written by a newer imapfs ({kind} format {version}, this one knows {fmt}); {advice}")
         if check is not None:
             check(con)
-        con.executescript(schema)
-        con.execute(f"PRAGMA user_version={fmt}")
+        found = version
+        while 0 < version < fmt:  # 0: a new file, which the schema below creates at format fmt
+            steps = (upgrades or {}).get(version)
+            if steps is None:
+                raise StoreError(f"{path}: cannot upgrade {kind} format {version} to {fmt}; {advice}")
+            with tx(con):
+                for statement in steps:
+                    con.execute(statement)
+                version += 1
+                con.execute(f"PRAGMA user_version={version}")
+            log.info("%s: %s format upgraded to %d", path, kind, version)
+        if found != fmt:
+            # one transaction: a new file is created whole, in a few WAL frames rather than a
+            # commit per statement; a file already at fmt is not written to at all (it opens
+            # on a full disk)
+            con.executescript(f"BEGIN IMMEDIATE;\n{schema}\nPRAGMA user_version={fmt};\nCOMMIT;")
     except BaseException:
         con.close()
         raise
