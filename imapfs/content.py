@@ -179,8 +179,12 @@ class Content:
             raise self.offline_miss(m, e) from None
 
     def _chunks_ahead(self, m: Msg, idx: int) -> None:
-        """Reading chunk *idx* of a big message: have the next CHUNKS_AHEAD fetched meanwhile."""
-        for i in range(idx + 1, idx + 1 + CHUNKS_AHEAD):
+        """Reading chunk *idx* of a big message: have the next CHUNKS_AHEAD fetched meanwhile,
+        as many as the memory cache holds beside the chunk being read (with ``mem_cache=8M``,
+        two chunks, a second one ahead could push out the first before the reader got to it,
+        and it was fetched twice)."""
+        ahead = min(CHUNKS_AHEAD, self.maxsize // CHUNK - 1)
+        for i in range(idx + 1, idx + 1 + ahead):
             self._chunk_ahead(m, i)
 
     def _chunk_ahead(self, m: Msg, idx: int) -> None:

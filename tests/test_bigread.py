@@ -269,10 +269,12 @@ async def _big_tree(tmp_path: Path, data: bytes, *, mem_cache: int = 64 * MIB
     return server, pool, tree, st.msgs[uid], ranges
 
 
-async def _read_through(tree: Tree, m: Msg, step: int) -> bytes:
+async def _read_through(tree: Tree, m: Msg, step: int, pause: float = 0.0) -> bytes:
     got = bytearray()
     for off in range(0, m.size, step):  # as the kernel asks
         got += await tree.read(m, off, step)
+        if pause:
+            await trio.sleep(pause)  # a slow reader: what is fetched ahead arrives first
     return bytes(got)
 
 
@@ -309,7 +311,7 @@ async def test_a_small_memory_cache_fetches_each_chunk_once(tmp_path: Path) -> N
     server, pool, tree, m, ranges = await _big_tree(tmp_path, data, mem_cache=8 * MIB)
     async with trio.open_nursery() as nursery:
         await nursery.start(tree.run)
-        assert await _read_through(tree, m, 256 * 1024) == data
+        assert await _read_through(tree, m, 256 * 1024, pause=0.005) == data
         nursery.cancel_scope.cancel()
     await pool.close()
     assert sorted(off for _, off, _ in ranges) == [i * CHUNK for i in range(5)]
