@@ -43,6 +43,7 @@ from imapfs.store import (
 )
 from imapfs.store import base as store_base
 from imapfs.store import bodies as store_bodies
+from imapfs.store import cachedb as store_cachedb
 from imapfs.store import journal as store_journal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1178,6 +1179,21 @@ def test_format_1_cache_opens_and_serves_its_files(root: Path):
         s.max_bytes = 0
         s.evict()
         assert stored(root) == (0, 0) and s.stats()["body_bytes"] == 0
+
+
+def test_format_1_upgrade_is_one_transaction(root: Path, monkeypatch):
+    files = _v1_cache(root, {1: b"old body"})
+    monkeypatch.setattr(store_cachedb, "_CACHE_SCHEMA", store_cachedb._CACHE_SCHEMA + "SELECT * FROM no_such_table;")
+    with pytest.raises(StoreError, match="no_such_table"):
+        Store(root, BIG)  # fails after the upgrade's ALTER TABLE, before its COMMIT
+    con = sqlite3.connect(root / "cache.db")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "blob" not in [r[1] for r in con.execute("PRAGMA table_info(bodies)")]
+    con.close()
+    monkeypatch.undo()
+    with Store(root, BIG) as s:
+        assert s.get_body(b"INBOX", 7, 1) == b"old body" and body_files(root) == files
+        assert s.put_body(b"INBOX", 7, 2, b"new") and blobs(root) == [b"new"]
 
 
 PUT_BODIES_CHILD = r"""

@@ -124,9 +124,8 @@ def open_versioned(path: Path, synchronous: str, schema: str, fmt: int, kind: st
     A file written by a newer imapfs raises StoreError naming the *kind*
     ("cache", "journal") and what to do (*advice*); the connection is closed
     on any error. What a damaged file means is each caller's business.
-    ``upgrades[v]`` holds the statements that turn format *v* into *v* + 1;
-    each step commits with its new version number, so a crash between two
-    leaves a file of the one format or the other, never half of both.
+    ``upgrades[v]`` holds the statements that turn format *v* into *v* + 1
+    (before *schema*, which then adds what is new).
     """
     con = connect(path, synchronous)
     try:
@@ -136,22 +135,20 @@ def open_versioned(path: Path, synchronous: str, schema: str, fmt: int, kind: st
                 f"{path} was written by a newer imapfs ({kind} format {version}, this one knows {fmt}); {advice}")
         if check is not None:
             check(con)
-        found = version
-        while 0 < version < fmt:  # 0: a new file, which the schema below creates at format fmt
-            steps = (upgrades or {}).get(version)
-            if steps is None:
-                raise StoreError(f"{path}: cannot upgrade {kind} format {version} to {fmt}; {advice}")
-            with tx(con):
-                for statement in steps:
-                    con.execute(statement)
-                version += 1
-                con.execute(f"PRAGMA user_version={version}")
-            log.info("%s: %s format upgraded to %d", path, kind, version)
-        if found != fmt:
-            # one transaction: a new file is created whole, in a few WAL frames rather than a
-            # commit per statement; a file already at fmt is not written to at all (it opens
-            # on a full disk)
-            con.executescript(f"BEGIN IMMEDIATE;\n{schema}\nPRAGMA user_version={fmt};\nCOMMIT;")
+        if version != fmt:
+            # One transaction: the upgrade steps, the schema and the version number commit
+            # together (a crash leaves the old format or the new one, whole), and a new file
+            # is written in a few WAL frames rather than a commit per statement. A file
+            # already at fmt is not written to at all (it opens on a full disk).
+            steps: list[str] = []
+            for v in range(version, fmt) if version else ():  # 0: a new file, created at fmt
+                if v not in (upgrades or {}):
+                    raise StoreError(f"{path}: cannot upgrade {kind} format {v} to {fmt}; {advice}")
+                steps += (upgrades or {})[v]
+            con.executescript("BEGIN IMMEDIATE;\n" + "".join(f"{st};\n" for st in steps)
+                              + f"{schema}\nPRAGMA user_version={fmt};\nCOMMIT;")
+            if version:
+                log.info("%s: %s format %d upgraded to %d", path, kind, version, fmt)
     except BaseException:
         con.close()
         raise
