@@ -1103,11 +1103,12 @@ INLINE_DAMAGE = {  # done to an inline body's blob behind the store's back
     "shorter": "UPDATE blobs SET data = substr(data, 1, length(data) - 1)",
     "longer": "UPDATE blobs SET data = data || x'00'",
     "missing": "DELETE FROM blobs",
+    "same length, other bytes": "UPDATE blobs SET data = CAST(upper(CAST(data AS TEXT)) AS BLOB)",
 }
 
 
 @pytest.mark.parametrize("how", list(INLINE_DAMAGE))
-def test_inline_body_of_the_wrong_length_is_discarded(s: Store, how: str, caplog):
+def test_a_damaged_inline_body_is_discarded(s: Store, how: str, caplog):
     s.put_folder(b"F", 1, 3, None, [meta(1), meta(2)], replace=True)
     s.cache.bodies.inline_max = 1000
     assert s.put_body(b"F", 1, 1, b"inline body")

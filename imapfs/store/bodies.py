@@ -17,8 +17,10 @@ key. An inline body shares its row's transaction: sqlite's WAL commits are
 atomic and checksummed, so after any crash the row is there with all its
 bytes or not at all; a deleted row takes its blob with it in the same
 statement (the ``bodies_blob_gone`` trigger), and a read finds the blob by
-the id its row holds, under the cache's lock. The length is still compared
-with the row's, which costs nothing.
+the id its row holds, under the cache's lock. What a crash cannot do, a
+damaged disk can: sqlite checksums its WAL frames, not the database's pages,
+so each blob carries the CRC-32 of its bytes (about 0.1 s per 265 MB, in the
+store's thread) and a read compares it and the length with the row's.
 
 :class:`Bodies` shares ``cache.db`` and its lock with :class:`.cache.Cache`,
 which owns both; it keeps the byte and body counters exact (they change only
@@ -35,6 +37,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -355,7 +358,8 @@ class Bodies:
                     if path is not None:
                         unlink(path)  # dropped, renamed or reset meanwhile
                     continue
-                blob = None if data is None else con.execute("INSERT INTO blobs(data) VALUES (?)", (data,)).lastrowid
+                blob = None if data is None else con.execute("INSERT INTO blobs(data, crc) VALUES (?, ?)",
+                                                             (data, zlib.crc32(data))).lastrowid
                 dc, db, gone = self._replace_row(con, m[0], m[1], uv, uid, size, disk, blob)
                 count += dc
                 nbytes += db
@@ -427,13 +431,16 @@ class Bodies:
     def _get_inline(self, name: bytes, key: tuple[int, int, int], size: int, disk: int, atime: float,
                     blob: int) -> bytes | None:
         """get_body of an inline body (lock held). Its row and bytes committed together,
-        so only a length that differs from the row's (a bug, or a damaged cache.db) is
-        checked: such a body is deleted and logged, never served."""
+        so what is checked is damage to cache.db after the commit (sqlite checksums WAL
+        frames, not the database's pages): a length that differs from the row's, or bytes
+        whose CRC-32 is not the one written with them. Such a body is deleted and logged,
+        never served (a body file's sha256 header does the same for files)."""
         con = self._db()
-        got = con.execute("SELECT data FROM blobs WHERE id=?", (blob,)).fetchone()
-        if got is None or len(got[0]) != size:
-            log.warning("cache: the bytes of message %d of %r in cache.db are %s; discarded", key[2], name,
-                        "missing" if got is None else f"{len(got[0])} long, not {size}")
+        got = con.execute("SELECT data, crc FROM blobs WHERE id=?", (blob,)).fetchone()
+        why = ("missing" if got is None else f"{len(got[0])} long, not {size}" if len(got[0]) != size
+               else "damaged (CRC-32)" if zlib.crc32(got[0]) != got[1] else None)
+        if got is None or why is not None:
+            log.warning("cache: the bytes of message %d of %r in cache.db are %s; discarded", key[2], name, why)
             con.execute("DELETE FROM bodies WHERE folder=? AND uidvalidity=? AND uid=?", key)
             self.forget([(None, disk)])
             return None
