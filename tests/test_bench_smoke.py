@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Every figure row the benchmark prints (scripts/bench.py, Results keys).
 FIGURES = [
     "corpus", "imaplib_meta", "imaplib_bodies", "imaplib_big", "mbsync", "maildir_grep",
-    "ls", "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss",
+    "ls", "ls_warm", "grep_cold", "grep_cold_raw", "grep_warm", "cat_big", "rss",
     "fuse_ls_cold", "fuse_ls_warm", "fuse_grep_cold", "fuse_grep_warm",
     "floor_py_ls", "floor_py_ls_warm", "floor_py_grep_cold", "floor_py_grep_warm",
     "floor_c_ls", "floor_c_ls_warm", "floor_c_grep_cold", "floor_c_grep_warm",

@@ -97,6 +97,26 @@ class ImapfsSteps(BenchBase):
         for m in mounts:
             self.note_mount(m, key)
 
+    def imapfs_grep_raw(self, port: int) -> None:
+        """The cold grep of the messages alone (``--exclude-dir='*.parts'``): what the same
+        mount costs when grep is told to skip the decoded parts. Shown beside the target,
+        not judged: the target is the grep that enters them."""
+        r = self.r
+        key, label = "grep_cold_raw", "imapfs grep -rl NEEDLE --exclude-dir='*.parts' (cold, fresh mount)"
+        mbs = r.value("mbsync")
+        with self.step(key, label):
+            self.drop()
+            m = self.new_mount(port)
+            with m:
+                cmd = ["grep", "-rl", "--line-buffered", "--include=*.eml", "--exclude-dir=*.parts", NEEDLE,
+                       str(m.path(FOLDER))]
+                dt, cp = m.run(cmd)
+                check_ids(ids_from_mount_paths(grep_lines(cp, label), self.corpus.uid_to_id, m.path(FOLDER)),
+                          self.corpus.needles, "mount (cold, parts excluded)")
+            r.add(key, label, dt, note=(f"{dt / mbs:.2f} x mbsync pull; " if mbs else "")
+                  + "the parts' decoded text is not searched")
+            self.note_mount(m, key)
+
     def grep_progress(self, e: StepError, m: MountRun) -> str:
         """How far a timed-out grep got: the needle hits it printed are spread evenly by UID."""
         out = getattr(e, "partial_stdout", b"") or b""

@@ -63,6 +63,7 @@ class Report(BenchBase):
             out.append((name, (a_ / b_) if a_ and b_ else None, target))
 
         ratio("cold grep / mbsync pull", "grep_cold", "mbsync", "<= 0.6")
+        ratio("cold grep --exclude-dir='*.parts' / mbsync pull", "grep_cold_raw", "mbsync")
         ratio("warm grep / Maildir grep", "grep_warm", "maildir_grep", "<= 4")
         ratio(f"{self.a.big_mb:g} MB read rate / imaplib rate", "cat_big", "imaplib_big", ">= 0.5")
         ratio("cold grep / imaplib all bodies", "grep_cold", "imaplib_bodies")

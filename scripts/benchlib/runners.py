@@ -37,13 +37,14 @@ class Bench(Baselines, ImapfsSteps, Floors, Report):
         port = self.dv.port
         if a.rtt_only:
             for k in ("imaplib_meta", "imaplib_bodies", "imaplib_big", "mbsync", "maildir_grep", "ls",
-                      "ls_warm", "grep_cold", "grep_warm", "cat_big", "rss", *FLOOR_KEYS):
+                      "ls_warm", "grep_cold", "grep_cold_raw", "grep_warm", "cat_big", "rss", *FLOOR_KEYS):
                 r.skip(k, f"{k} (loopback)", "--rtt-only")
         else:
             self.imaplib_figures(port, "", "")
             self.mbsync_figures(port, "", "")
             self.imapfs_ls(port, "", "")
             self.imapfs_grep(port, "", "")
+            self.imapfs_grep_raw(port)
         if a.rtt_only:
             pass
         elif not a.no_count and not a.diag_rtt:
