@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import gc
 import getpass
 import logging
 import logging.handlers
@@ -183,6 +184,25 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+# Python's cyclic GC, for a daemon whose long-lived objects (messages, names, parts
+# listings) grow by tens of thousands at a time: (700, 10, 10) by default.
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Collect cyclic garbage less often than Python's defaults.
+
+    With the defaults a cold ``grep -r`` of 10,000 messages ran 5 full collections,
+    60-70 ms each, on the trio thread, where every FUSE request waits for them, and
+    570 young ones; most of what they walk is the tree and the parts listings, which
+    live as long as the mount. With these, one young collection per 10,000 new
+    objects and no full one in that grep: 0.07 s of collection instead of 0.41 s
+    (docs/performance.md, stop 18). Little of the daemon's garbage is cyclic
+    (reference counting frees it), so memory does not wait on the collector.
+    """
+    gc.set_threshold(*thresholds)
 
 
 def absolute_paths(cfg: cli.Config) -> None:
@@ -531,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: cli.Config, account: Account, ready: Callable[[], None], report: Callable[[str], None]) -> int:
     if not limit_malloc_arenas():
         log.debug("malloc arenas not limited (not glibc, or MALLOC_ARENA_MAX is set)")
+    tune_gc()
     try:
         trio.run(serve, cfg, account, ready)
     except ImapfsError as e:

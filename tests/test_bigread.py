@@ -389,3 +389,21 @@ async def test_a_big_message_read_in_order_leaves_the_memory_cache_to_others(tmp
         assert await _read_through(tree, m, 256 * 1024) == data  # read again: fetched again
         nursery.cancel_scope.cancel()
     await pool.close()
+
+
+def test_the_daemon_serves_with_fewer_garbage_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mount._run sets the GC thresholds before the trio loop starts (mount.tune_gc)."""
+    import gc
+
+    from imapfs import mount
+
+    seen: list[tuple[int, ...]] = []
+    monkeypatch.setattr(mount.trio, "run", lambda *a, **k: seen.append(gc.get_threshold()))
+    monkeypatch.setattr(mount, "limit_malloc_arenas", lambda: True)  # not in the test runner
+    before = gc.get_threshold()
+    try:
+        assert mount._run(None, None, lambda: None, lambda msg: None) == 0  # type: ignore[arg-type]
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [mount.GC_THRESHOLDS]
+    assert mount.GC_THRESHOLDS[0] > before[0]
