@@ -34,8 +34,32 @@ class ServerUnavailable(ImapfsError):
     """The connection dropped or we are waiting before the next reconnect."""
 
 
+class TimedOut(ServerUnavailable):
+    """No answer to a command within ``timeout=``; its connection is closed.
+
+    ``fresh``: the connection had been opened for this command (set by the pool), so it
+    was not a pooled one that died unnoticed: the server itself did not answer.
+    """
+
+    fresh = False
+
+
 class Offline(ServerUnavailable):
     """The server is away and the answer is not in the local cache (logged once per folder)."""
+
+
+class FolderStalled(Offline):
+    """The server answers, but not for this folder: a command on it timed out, so it is
+    backed off (``Pool.run``; e.g. Dovecot waiting minutes on a stale Maildir lock).
+
+    ``sent``: False when the pool refused to try it (its back-off runs): nothing reached
+    the server. The pool logs the stall once; callers answer from the cache.
+    """
+
+    def __init__(self, message: str = "", folder: bytes = b"", sent: bool = True) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.sent = sent
 
 
 class ProtocolError(ImapfsError):

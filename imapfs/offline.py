@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .disk import Disk
-from .errors import CommandFailed, ImapfsError, InvalidArgument, ServerUnavailable
+from .errors import CommandFailed, FolderStalled, ImapfsError, InvalidArgument, ServerUnavailable
 from .model import Folder, FolderState, Msg, flags_unsaved, without_recent
 from .naming import parts_names
 from .pending import PendingFile
@@ -369,6 +369,10 @@ class Journal:
                 held.add(folders)  # what comes later on its folders waits for it in turn
                 log.debug("offline change #%d (%s) waits for an earlier change of its folders", e.seq, e.op)
                 continue
+            if folders is not None and any(self.tree.pool.held_back(f) for f in folders):
+                held.add(folders)  # a stalled folder's back-off runs (Pool.stalls): not tried before it ends
+                log.debug("offline change #%d (%s) waits for a folder that stalls", e.seq, e.op)
+                continue
             self.sender.appended = None
             try:
                 # Shielded: a change sent to the server is also marked done, even if
@@ -388,6 +392,14 @@ class Journal:
                 note = f"#{e.seq} {e.op}: {s}"
                 self.not_applied.append(note)
                 log.warning("offline change %s was not applied", note)
+                continue
+            except FolderStalled as err:
+                # The pool found the server answering while this folder does not: it backs
+                # the folder off, and its entries wait (as below, without another probe).
+                log.info("offline change #%d (%s) waits: %s", e.seq, e.op, err)
+                if folders is None:
+                    return
+                held.add(folders)
                 continue
             except ServerUnavailable as err:
                 # Not the change's fault: no attempt counted; what is left stays shown.

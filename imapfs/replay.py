@@ -200,7 +200,7 @@ class Sender:
                         pass
                 return False
 
-            if await pool.run(look, retry=False):
+            if await pool.run(look, touches=folder, retry=False):
                 return f"already on the server (found by Message-ID {mid}, same bytes)"
         await self.disk.call(self.store.journal_started, e.seq)
 
@@ -231,4 +231,4 @@ class Sender:
                 self.appended = (folder, where[0], where[1])
             return outcome + (f" as UID {where[1]}" if where else "")
 
-        return await pool.run(append, retry=False)
+        return await pool.run(append, touches=folder, retry=False)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
 
 from .connection import Connection
-from .errors import ImapfsError, ServerUnavailable
+from .errors import FolderStalled, ImapfsError, ServerUnavailable, TimedOut
 from .records import Account, Known, RawMeta, SelectInfo, Status, SyncResult
 
 __all__ = ["Account", "Connection", "Known", "Pool", "RawMeta", "SelectInfo", "Status", "SyncResult"]
@@ -30,6 +31,19 @@ __all__ = ["Account", "Connection", "Known", "Pool", "RawMeta", "SelectInfo", "S
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+STALL_MAX_FACTOR = 10  # a stalled folder's back-off grows from timeout= to this many times it
+
+
+@dataclass
+class Stall:
+    """A folder whose commands time out while the server answers, and when it is tried next."""
+
+    delay: float  # the back-off now running (s)
+    until: float  # time.monotonic() of the next try
+    since: float  # time.monotonic() it was first seen stalled
+    why: str  # the time-out that started or renewed it
+    trying: bool = False  # a try after the back-off is under way: nobody else tries meanwhile
 
 
 class Pool:
@@ -40,6 +54,16 @@ class Pool:
     not before the backoff delay has passed (1 s doubling up to
     ``backoff_max``), so a vanished server costs one quick EIO per request,
     not a timeout each.
+
+    A folder can stall while the server answers (Dovecot waits minutes on a stale
+    Maildir lock, and each command given up on leaves one of its processes blocked,
+    counted against its per-user connection limit). A command on a folder that times
+    out on a connection opened for it, while a NOOP on another new connection is
+    answered, backs that folder off (``stalls``): it is not tried again for
+    ``timeout=`` seconds, doubling up to ``STALL_MAX_FACTOR`` times that, and
+    meanwhile every command on it fails at once with ``FolderStalled``. After the
+    back-off one command tries it (on a new connection); its success ends the stall.
+    docs/reliability.md, "A folder that stalls".
     """
 
     def __init__(self, account: Account, size: int = 4, backoff_max: float = 30.0,
@@ -58,6 +82,9 @@ class Pool:
         self.online = False
         self.forced_offline = False  # -o offline: never connect
         self.greeting = ""  # the server's greeting (run_list tells Dovecot by it)
+        self.stall_first = max(1.0, account.timeout)
+        self.stall_max = STALL_MAX_FACTOR * self.stall_first
+        self.stalls: dict[bytes, Stall] = {}  # folders backed off (see the class docstring)
 
     def available(self) -> bool:
         """Would a request try the server now (online, or the backoff delay is over)?"""
@@ -120,16 +147,95 @@ class Pool:
         self._last_error = why
         self.online = False
 
+    def held_back(self, folder: bytes) -> bool:
+        """Would a command on *folder* be refused now (its back-off runs, or a try is under way)?"""
+        stall = self.stalls.get(folder)
+        return stall is not None and (stall.trying or time.monotonic() < stall.until)
+
     async def run(self, fn: Callable[[Connection], T], folder: bytes | None = None,
-                  retry: bool = True, new: bool = False) -> T:
+                  retry: bool = True, new: bool = False, touches: bytes | None = None) -> T:
         """Run ``fn(connection)`` in a worker thread.
 
+        *folder*: the folder *fn* works in (a connection that has it selected is
+        preferred; a stalled folder is backed off, see the class docstring).
+        *touches*: a folder *fn* acts on without selecting it (APPEND): backed off
+        the same way, but no connection is preferred for it (Dovecot answers an
+        APPEND on a connection whose selected folder was deleted with SERVERBUG,
+        not TRYCREATE).
         *retry*: when the connection turns out to be dead (server restart,
         idle timeout), run *fn* once more on a fresh connection. Only for
-        commands that are safe to repeat; writes pass ``retry=False``.
+        commands that are safe to repeat; writes pass ``retry=False``. A time-out
+        on a fresh connection is never retried: the server did not answer, and
+        with *folder* given, a second try would only leave a second server process
+        waiting for that folder.
         *new*: run it on a newly opened connection (it then replaces the
         oldest idle one); see ``run_list``.
         """
+        box = folder if folder is not None else touches
+        stall = self.stalls.get(box) if box is not None else None
+        if stall is not None:
+            assert box is not None
+            now = time.monotonic()
+            if stall.trying or now < stall.until:
+                wait = "being tried again" if stall.trying else f"next try in {stall.until - now:.0f} s"
+                raise FolderStalled(f"{box.decode('ascii', 'replace')} does not answer ({stall.why}); "
+                                    f"{wait}", box, sent=False)
+            stall.trying = True  # this call is the one try after the back-off
+            new = True  # on a connection of its own: a pooled one may have died meanwhile
+        try:
+            result = await self._run(fn, folder, retry, new)
+        except TimedOut as exc:
+            if box is None or not exc.fresh or not await self._answers():
+                raise
+            raise await self._stalled(box, exc, stall) from exc
+        except ServerUnavailable:
+            raise  # the server is away, or the connection was lost: nothing is known of the folder
+        except ImapfsError:
+            self._answered(box)  # a NO, BAD or an unusable reply: the folder answered
+            raise
+        finally:
+            if stall is not None:
+                stall.trying = False
+        self._answered(box)
+        return result
+
+    def _answered(self, folder: bytes | None) -> None:
+        if folder is not None and self.stalls.pop(folder, None) is not None:
+            log.info("folder %s answers again", folder.decode("ascii", "replace"))
+
+    async def _answers(self) -> bool:
+        """Does the server answer a NOOP on a new connection (no folder selected, nothing waiting)?"""
+        try:
+            await self.run(Connection.noop, retry=False, new=True)
+        except ImapfsError:
+            return False
+        return True
+
+    async def _stalled(self, folder: bytes, exc: TimedOut, stall: Stall | None) -> FolderStalled:
+        """Back *folder* off after *exc*, a time-out while the server answers; the error to raise.
+
+        *stall*: the back-off whose one try this was (it then doubles). Without one, a
+        back-off is started, unless a concurrent command on the folder started it already.
+        """
+        name = folder.decode("ascii", "replace")
+        now = time.monotonic()
+        current = self.stalls.get(folder)
+        if current is None:
+            current = self.stalls[folder] = Stall(self.stall_first, now + self.stall_first, now, str(exc))
+            log.warning("folder %s does not answer while the server does (%s): it is shown as last seen "
+                        "and not tried again for %.0f s", name, exc, current.delay)
+            for c in [c for c in self._idle if c.selected == folder]:  # any command may wait for it too
+                self._idle.remove(c)
+                c.broken = True  # no LOGOUT: just close the socket
+                await trio.to_thread.run_sync(c.close, limiter=self._limiter)
+        elif current is stall:
+            current.delay = min(self.stall_max, current.delay * 2)
+            current.until = now + current.delay
+            current.why = str(exc)
+            log.info("folder %s still does not answer (%s); next try in %.0f s", name, exc, current.delay)
+        return FolderStalled(f"{exc}; {name} is not tried again for {current.delay:.0f} s", folder, sent=True)
+
+    async def _run(self, fn: Callable[[Connection], T], folder: bytes | None, retry: bool, new: bool) -> T:
         async with self._slots:
             conn = None if new else self._checkout(folder)
             if conn is None and new and len(self._idle) >= self.size:
@@ -146,6 +252,8 @@ class Pool:
                         self._idle.append(conn)
                         raise
                     await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+                    if isinstance(exc, TimedOut):
+                        exc.fresh = fresh  # Pool.run: on a connection opened for it, the folder stalls
                     if not retry or fresh or not isinstance(exc, ServerUnavailable):
                         raise  # an unusable reply (ProtocolError) would only come again
                     log.info("connection to %s was dead; retrying on a new one", self.account.label)
@@ -209,6 +317,8 @@ class Pool:
             if c.selected is not None and c.selected.startswith(prefix):
                 c.selected = None
                 c.select_info = None
+        for name in [n for n in self.stalls if n.startswith(prefix)]:
+            del self.stalls[name]
 
     def changed_folders(self) -> set[bytes]:
         """Folders the server mentioned unasked since the last call (cheap hint)."""

@@ -32,7 +32,7 @@ import trio
 from . import codec, naming
 from .connection import Connection
 from .content import Content
-from .errors import CommandFailed, NotFound, ProtocolError, ServerUnavailable
+from .errors import CommandFailed, FolderStalled, NotFound, ProtocolError, ServerUnavailable
 from .imapproto import ListEntry, format_uid_set
 from .inodes import Entry, Inodes
 from .model import (
@@ -177,6 +177,8 @@ class Tree:
             status = statuses.get(f.raw)
             if status is None:
                 raw = f.raw
+                if self.pool.held_back(raw):  # a stalled folder waits for its back-off (Pool.stalls)
+                    continue
                 try:
                     status = await self.pool.run(lambda c: c.status(raw))  # noqa: B023 - awaited here
                 except (NotFound, CommandFailed):
@@ -297,11 +299,12 @@ class Tree:
             verify = verify or (st is not None and not st.verified)
             try:
                 res: SyncResult = await self.pool.run(lambda c: c.sync(raw, known, verify), folder=raw)
-            except ServerUnavailable:
+            except ServerUnavailable as err:
                 if st is None:
                     self.notes.note(raw, f"{raw.decode('ascii', 'replace')} was never cached: cannot list it")
                     raise
-                self.notes.note(raw, f"showing {raw.decode('ascii', 'replace')} as last seen")
+                if not isinstance(err, FolderStalled):  # (the pool logs a stalled folder itself)
+                    self.notes.note(raw, f"showing {raw.decode('ascii', 'replace')} as last seen")
                 st.checked = self.clock()
                 return st
             if folder.raw != raw or folder.gone:
@@ -487,7 +490,21 @@ class Tree:
             lines.append(f"files waiting to be stored: {uploading}")
         if pool.last_error:
             lines.append(f"last error: {pool.last_error}")
+        lines += self._stall_lines()
         return "\n".join(lines) + "\n"
+
+    def _stall_lines(self) -> list[str]:
+        """One line per folder the pool backs off (Pool.stalls): which, since when, the next try."""
+        if not self.pool.stalls:
+            return []
+        paths = {f.raw: "/".join(f.path) for f in self.folders() if f.raw is not None}
+        now = time.monotonic()
+        out = []
+        for raw, s in sorted(self.pool.stalls.items()):
+            when = "being tried again" if s.trying else f"next try in {max(0.0, s.until - now):.0f} s"
+            out.append(f"stalled folder: {paths.get(raw) or raw.decode('ascii', 'replace')} (no answer for "
+                       f"{now - s.since:.0f} s, shown as last seen; {when}): {s.why}")
+        return out
 
     def stats(self) -> tuple[int, int]:
         """(messages known, bytes known) for statfs: O(folders), from each MsgTable's sum."""

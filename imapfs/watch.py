@@ -444,13 +444,16 @@ class Watcher:
         elif hot:
             for f in self.hot_folders():
                 hot_raw = f.raw
-                if hot_raw is None or listener.covers(hot_raw) or hot_raw in todo:  # hot_folders has raw set
+                if (hot_raw is None or listener.covers(hot_raw) or hot_raw in todo  # hot_folders has raw set
+                        or tree.pool.held_back(hot_raw)):
                     continue
                 status = await tree.pool.run(lambda c: c.status(hot_raw))  # noqa: B023 - awaited here
                 if f.state is not None and status_differs(f.state, status):
                     todo[hot_raw] = f
         for raw, f in todo.items():
-            if not f.gone and f.state is not None:
+            # A stalled folder waits for its back-off (Pool.stalls); the first round after it
+            # syncs it, which ends the stall if it answers.
+            if not f.gone and f.state is not None and not tree.pool.held_back(raw):
                 await tree.sync(f, force=True, verify=raw in verify)
         hot_now = self.hot_folders()
         if listener.mode == "idle" and hot_now:

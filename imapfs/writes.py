@@ -20,6 +20,7 @@ from . import codec
 from .errors import (
     CommandFailed,
     Exists,
+    FolderStalled,
     ImapfsError,
     InvalidArgument,
     NotEmpty,
@@ -241,10 +242,11 @@ class Writes:
             return RECORDED
         try:
             return await send()
-        except ServerUnavailable:
+        except ServerUnavailable as err:
             if journal is None:
                 raise
-            await record(journal, True)
+            # A folder the pool backs off is refused before anything is sent (FolderStalled.sent).
+            await record(journal, not (isinstance(err, FolderStalled) and not err.sent))
             return RECORDED
 
     # -- new files and edits -------------------------------------------------
@@ -298,7 +300,7 @@ class Writes:
                 # A folder gone from the server (another client deleted or renamed it):
                 # stored where the replay stores such mail, never dropped.
                 box, where = await self.pool.run(
-                    lambda c: c.append_or_recover(raw, snap, flags, date, RECOVERED), retry=False)
+                    lambda c: c.append_or_recover(raw, snap, flags, date, RECOVERED), touches=raw, retry=False)
             finally:
                 if not isinstance(snap, bytes):
                     snap.close()

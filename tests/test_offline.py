@@ -686,6 +686,9 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
         def available(self) -> bool:
             return True
 
+        def held_back(self, folder: bytes) -> bool:  # no folder backed off (Pool.stalls)
+            return False
+
         async def run(self, fn, *args, **kwargs):
             return fn(self.conn)
 
@@ -814,17 +817,18 @@ def test_a_stalled_folder_holds_back_only_the_changes_that_wait_for_it(rig):
     eventually(lambda: shown_in_c() == ["moved offline", "written after the move into C"], timeout=15)
 
 
-@pytest.mark.parametrize("a_fails", ["refused", "stalls", "server gone"])
+@pytest.mark.parametrize("a_fails", ["refused", "stalls", "backed off", "server gone"])
 def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir(tmp_path, a_fails):
     """The replay's order rules, in-process (a stub connection): an APPEND to A that the
     server refuses, or that times out while the server still answers a NOOP, holds back
     A's later entries but not B's; a mkdir after it waits too (a folder-list change stays
     in order with everything), and so does every entry after that mkdir. When the NOOP
     fails as well, the server is gone: the round pauses, nothing after A is tried, and
-    only a refusal is counted against the entry."""
+    only a refusal is counted against the entry. A folder the pool backs off (FolderStalled:
+    it found the server answering) waits the same way, without a probe of its own."""
     import trio
 
-    from imapfs.errors import CommandFailed, ServerUnavailable
+    from imapfs.errors import CommandFailed, FolderStalled, ServerUnavailable
     from imapfs.offline import Journal
     from imapfs.store import Store
     from imapfs.tree import Tree
@@ -838,6 +842,9 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
             if folder == b"A":
                 if a_fails == "refused":
                     raise CommandFailed("APPEND to b'A': NO [OVERQUOTA] quota exceeded")
+                if a_fails == "backed off":
+                    raise FolderStalled("APPEND b'A': no answer within 30 s; A is not tried again for 30 s",
+                                        b"A", sent=True)
                 raise ServerUnavailable("SELECT b'A': connection lost: timed out")
             self.stored.append((folder, data))
             return folder, (9, len(self.stored))
@@ -860,6 +867,9 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
 
         def available(self) -> bool:
             return True
+
+        def held_back(self, folder: bytes) -> bool:  # no folder backed off (Pool.stalls)
+            return False
 
         async def probe(self) -> bool:
             self.probes += 1
@@ -896,7 +906,7 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
         else:
             assert conn.stored == [(b"B", msg("b1"))]  # b1 at once; b2 waits behind the waiting mkdir
             assert conn.created == [] and sorted(left) == [seqs[0], seqs[2], seqs[3], seqs[4]]
-        assert pool.probes == (0 if a_fails == "refused" else 1)  # one try of A a round, however much waits
+        assert pool.probes == (0 if a_fails in ("refused", "backed off") else 1)  # one try of A a round
         assert left[seqs[0]].attempts == (1 if a_fails == "refused" else 0)  # a time-out is not its fault
         assert left[seqs[2]].attempts == 0  # never tried: it waited
 

@@ -355,7 +355,7 @@ def test_uploader_sets_aside_a_file_that_fails_with_anything(tmp_path):
         def available(self) -> bool:
             return True
 
-        async def run(self, fn, folder=None, retry=True):
+        async def run(self, fn, folder=None, retry=True, touches=None):
             Pool.calls += 1
             raise ValueError("cannot send this")
 

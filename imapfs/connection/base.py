@@ -24,6 +24,7 @@ from ..errors import (
     ProtocolError,
     ServerUnavailable,
     StaleError,
+    TimedOut,
 )
 from ..records import Account, SelectInfo
 from .wire import Reply, flag_str, reply_text
@@ -90,6 +91,12 @@ class ConnectionBase:
                 log.warning("%s: %s: %s; closing that connection", self.account.label, what, msg)
                 raise ProtocolError(f"{what}: unusable reply from {self.account.label}: {msg}") from None
             raise ServerUnavailable(f"{what}: connection to {self.account.label} lost: {msg}") from None
+        except TimeoutError:
+            # Told apart from a lost connection: the pool backs off a folder whose
+            # commands time out while the server answers (Pool.run), and does not retry.
+            self.broken = True
+            raise TimedOut(f"{what}: no answer from {self.account.label} "
+                           f"within {self.account.timeout:g} s") from None
         except (OSError, EOFError, ssl.SSLError) as e:
             self.broken = True
             raise ServerUnavailable(
