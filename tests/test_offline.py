@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,9 +26,12 @@ from tests.support.mount import Mount, force_unmount, imapfs_command
 from tests.support.proxy import Proxy
 from tests.test_write import eventually, message_ids, msg
 
+if TYPE_CHECKING:
+    from imapfs.store import Store
+
 # ERROR lines a test may allow, each only where its scenario causes it (Rig.mount(allowed=...)).
 # The server goes away (the proxy refuses, or Dovecot is stopped behind it): one line per outage.
-# The proxy may also cut a login under way (helper-25 saw it once in 5 runs of a test).
+# The proxy may also cut a login under way (seen once in five runs of a test).
 SERVER_AWAY = (r"ERROR imapfs\.session: IMAP server \S+ unavailable: "
                r"(cannot connect to \S+: socket error: EOF|connection to \S+ lost during login: "
                r"(socket error: EOF|[A-Za-z]+Error)) \(retrying in \d+ s\)$")
@@ -632,6 +636,16 @@ def test_a_replayed_move_shows_once_while_a_later_entry_keeps_its_folder_busy(ri
     assert [n for n in shown() if not n.startswith("empty")] == xs
 
 
+class _StoreDisk:
+    """Disk's interface over a real Store, called inline (the in-process replay tests)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def call(self, fn, *args):
+        return fn(*args)
+
+
 def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path):
     """Issue 10 (soak, seed 12): the uploader stored a newer version of a file (superseding
     its journal record) while a replay held that record. The replay stopped at "no pending
@@ -696,20 +710,13 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
             from imapfs.errors import ServerUnavailable
             raise ServerUnavailable("the folder list is not part of this test")
 
-    class Disk:
-        def __init__(self, store: Store) -> None:
-            self.store = store
-
-        async def call(self, fn, *args):
-            return fn(*args)
-
     def body(mid: str) -> bytes:
         return f"Message-ID: <{mid}@t>\r\nSubject: {mid}\r\n\r\n{mid}\r\n".encode()
 
     async def main(store: Store) -> None:
         conn = Conn(store)
         tree = Tree(Pool(conn))
-        journal = Journal(tree, Disk(store))
+        journal = Journal(tree, _StoreDisk(store))
         add = {mid: store.journal_add("append", {"folder": b"A", "flags": [], "date": None, "replaces": None,
                                                  "name": f"{mid}.eml"}, body(mid))
                for mid in ("old", "x", "y", "z")}
@@ -881,13 +888,6 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
         async def run_list(self, *args, **kwargs):
             raise ServerUnavailable("the folder list is not part of this test")
 
-    class Disk:
-        def __init__(self, store: Store) -> None:
-            self.store = store
-
-        async def call(self, fn, *args):
-            return fn(*args)
-
     def append(store: Store, folder: bytes, mid: str) -> int:
         return store.journal_add("append", {"folder": folder, "flags": [], "date": None, "replaces": None,
                                             "name": f"{mid}.eml"}, msg(mid))
@@ -895,7 +895,7 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
     async def main(store: Store) -> None:
         conn = Conn()
         pool = Pool(conn)
-        journal = Journal(Tree(pool), Disk(store))
+        journal = Journal(Tree(pool), _StoreDisk(store))
         seqs = [append(store, b"A", "a1"), append(store, b"B", "b1"), append(store, b"A", "a2"),
                 store.journal_add("mkdir", {"name": b"X", "path": ["X"]}), append(store, b"B", "b2")]
         journal.pending = len(seqs)
