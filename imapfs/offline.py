@@ -129,6 +129,7 @@ class Journal:
         # Folders a replay touched whose settling could not finish (the server went
         # away again): settled at the next round, else their overlays stay for good.
         self._unsettled: set[bytes] = set()
+        self._announced = 0  # the count of changes the last "replaying" log line gave
         # What each recorded move or delete shows (by journal seq): taken down as soon as
         # that entry is done, whatever else the journal still owes the folders involved.
         self._shown: dict[int, list[_Overlay]] = {}
@@ -140,7 +141,8 @@ class Journal:
     async def _record(self, op: str, args: dict[str, Any], blob: bytes | None = None) -> int:
         seq = await self.disk.call(self.store.journal_add, op, args, blob)
         self.pending += 1
-        log.info("offline: recorded %s (#%d); it goes to the server on reconnect", op, seq)
+        log.info("recorded %s (#%d) in the journal; it goes to the server when the server, or the "
+                 "folder, answers again", op, seq)
         return seq
 
     async def move(self, m: Msg, dest: Folder, name: str | None) -> None:
@@ -355,7 +357,9 @@ class Journal:
             if self._unsettled:
                 await self._settle(set())
             return
-        log.info("replaying %d offline changes", len(entries))
+        # Once per count: while entries wait for a folder that stalls, every round comes here.
+        (log.info if len(entries) != self._announced else log.debug)("replaying %d offline changes", len(entries))
+        self._announced = len(entries)
         touched: set[bytes] = set()
         held = _Held()
         for e in entries:

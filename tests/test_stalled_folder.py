@@ -290,3 +290,5 @@ def test_a_stalled_folder_is_backed_off_and_the_mount_stays_online(make_dovecot,
     eventually(lambda: subjects(m.path("A")) == ["after the stall", "before the stall", "written during the stall"],
                timeout=10)
     eventually(lambda: "stalled folder" not in os.getxattr(m.mountpoint, "user.imapfs.state").decode(), timeout=5)
+    # The change that waited for A was announced once, not at every round of the wait.
+    assert len(re.findall(r"INFO imapfs\.offline: replaying 1 offline changes", m.log())) == 1, m.log()[-3000:]
