@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -646,6 +646,32 @@ class _StoreDisk:
         return fn(*args)
 
 
+class _StubPool:
+    """Pool's interface over one stub connection (the in-process replay tests): online, no
+    folder backed off, every command carried out at once."""
+
+    capabilities: frozenset = frozenset({"UIDPLUS"})
+    last_error = None
+    forced_offline = False
+    online = True
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def available(self) -> bool:
+        return True
+
+    def held_back(self, folder: bytes) -> bool:  # no folder backed off (Pool.stalls)
+        return False
+
+    async def run(self, fn, *args, **kwargs):
+        return fn(self.conn)
+
+    async def run_list(self, *args, **kwargs):
+        from imapfs.errors import ServerUnavailable
+        raise ServerUnavailable("the folder list is not part of this test")
+
+
 def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path):
     """Issue 10 (soak, seed 12): the uploader stored a newer version of a file (superseding
     its journal record) while a replay held that record. The replay stopped at "no pending
@@ -688,34 +714,12 @@ def test_a_journal_entry_superseded_while_it_is_replayed_costs_nothing(tmp_path)
         def expunge_message(self, box, uidv, uid):
             del self.boxes[uid]
 
-    class Pool:
-        capabilities: frozenset = frozenset({"UIDPLUS"})
-        last_error = None
-        forced_offline = False
-        online = True
-
-        def __init__(self, conn: Conn) -> None:
-            self.conn = conn
-
-        def available(self) -> bool:
-            return True
-
-        def held_back(self, folder: bytes) -> bool:  # no folder backed off (Pool.stalls)
-            return False
-
-        async def run(self, fn, *args, **kwargs):
-            return fn(self.conn)
-
-        async def run_list(self, *args, **kwargs):
-            from imapfs.errors import ServerUnavailable
-            raise ServerUnavailable("the folder list is not part of this test")
-
     def body(mid: str) -> bytes:
         return f"Message-ID: <{mid}@t>\r\nSubject: {mid}\r\n\r\n{mid}\r\n".encode()
 
     async def main(store: Store) -> None:
         conn = Conn(store)
-        tree = Tree(Pool(conn))
+        tree = Tree(_StubPool(conn))
         journal = Journal(tree, _StoreDisk(store))
         add = {mid: store.journal_add("append", {"folder": b"A", "flags": [], "date": None, "replaces": None,
                                                  "name": f"{mid}.eml"}, body(mid))
@@ -862,31 +866,12 @@ def test_a_waiting_entry_holds_back_its_folders_and_what_follows_a_waiting_mkdir
         def subscribe(self, name):
             pass
 
-    class Pool:
-        capabilities: frozenset = frozenset({"UIDPLUS"})
-        last_error = None
-        forced_offline = False
-        online = True
-
-        def __init__(self, conn: Conn) -> None:
-            self.conn = conn
-            self.probes = 0
-
-        def available(self) -> bool:
-            return True
-
-        def held_back(self, folder: bytes) -> bool:  # no folder backed off (Pool.stalls)
-            return False
+    class Pool(_StubPool):
+        probes = 0
 
         async def probe(self) -> bool:
             self.probes += 1
             return a_fails != "server gone"
-
-        async def run(self, fn, *args, **kwargs):
-            return fn(self.conn)
-
-        async def run_list(self, *args, **kwargs):
-            raise ServerUnavailable("the folder list is not part of this test")
 
     def append(store: Store, folder: bytes, mid: str) -> int:
         return store.journal_add("append", {"folder": folder, "flags": [], "date": None, "replaces": None,
