@@ -902,6 +902,9 @@ def _nested_tree() -> BodyPart:
     (_NESTED.replace(b"\r\n--outer\r\nContent-Type: application/pdf", b" --outer\r\nContent-Type: application/pdf"),
      {}),
     (b"", {}),
+    # one part more than BODYSTRUCTURE has, or many more: numbered differently, nothing cut
+    (_NESTED.replace(b"--outer--\r\n", b"--outer\r\n\r\nextra\r\n--outer--\r\n"), {}),
+    (_NESTED.replace(b"--outer--\r\n", b"--outer\r\n\r\nx\r\n" * 1000 + b"--outer--\r\n"), {}),
 ])
 def test_split_sections_cuts_what_bodystructure_says(message: bytes, sections: dict[str, bytes]) -> None:
     cut = split_sections(message, _nested_tree())
